@@ -1,0 +1,20 @@
+"""domainlm: turn general-purpose language models into scientific and biomedical specialists."""
+
+from domainlm.errors import DomainLMError, InputError
+
+__version__ = "0.1.0"
+
+__all__ = ["DomainLMError", "InputError", "TaggedModel", "TagLibrary", "__version__"]
+
+
+def __getattr__(name):
+    # Lazy so that `import domainlm` (and the CLI's --help) does not pay for torch + transformers.
+    if name == "TaggedModel":
+        from domainlm.model import TaggedModel
+
+        return TaggedModel
+    if name == "TagLibrary":
+        from domainlm.library import TagLibrary
+
+        return TagLibrary
+    raise AttributeError(name)

@@ -1,0 +1,79 @@
+"""Plots people would rather look at than read: training curves and predicted-vs-true scatter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from domainlm.io import atomic_path  # noqa: E402
+
+
+def _save(fig, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def training_curve(history: list[dict], path: str | Path, title: str = "training") -> None:
+    """`history` rows hold `step` and any of `train_loss`, `val_loss`, `val_<metric>`."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, style in (("train_loss", "-"), ("val_loss", "o-")):
+        pts = [(h["step"], h[key]) for h in history if h.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), style, label=key, markersize=3)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def predicted_vs_true(y_true, y_pred, path: str | Path, title: str = "test set") -> None:
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.scatter(y_true, y_pred, s=6, alpha=0.5)
+    lo = min(min(y_true), min(y_pred))
+    hi = max(max(y_true), max(y_pred))
+    ax.plot([lo, hi], [lo, hi], "k--", linewidth=0.8)
+    ax.set_xlabel("true")
+    ax.set_ylabel("predicted")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def confusion(matrix, labels, path: str | Path, title: str = "confusion") -> None:
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i, row in enumerate(matrix):
+        for j, v in enumerate(row):
+            ax.text(j, i, str(v), ha="center", va="center")
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def grouped_bars(groups: dict[str, dict[str, float]], path: str | Path, ylabel: str, title: str = "") -> None:
+    """groups: method -> {fold: value}."""
+    import numpy as np
+
+    methods = list(groups)
+    folds = sorted({f for g in groups.values() for f in g})
+    width = 0.8 / max(1, len(methods))
+    fig, ax = plt.subplots(figsize=(max(5, len(folds) * 1.2), 4))
+    for i, m in enumerate(methods):
+        xs = np.arange(len(folds)) + i * width
+        ax.bar(xs, [groups[m].get(f, float("nan")) for f in folds], width, label=m)
+    ax.set_xticks(np.arange(len(folds)) + width * (len(methods) - 1) / 2, folds)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    _save(fig, path)
