@@ -1,0 +1,16 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared data directory (CI passes ../shared/data through DOMAINLM_DATA)."""
+    path = Path(os.environ.get("DOMAINLM_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    if not path.exists():
+        pytest.skip(f"data directory {path} not found; set DOMAINLM_DATA")
+    return path
