@@ -1,0 +1,124 @@
+"""Turning marked-up text into model inputs: token ids with tag slots, positions, segments, readout index.
+
+Layout of one example: [prefix specials] text ... <Tag>x p, data ... <Func>x p [suffix specials].
+A new *segment* starts at every tag; segment 0 is whatever precedes the first tag. Under isolated
+attention each segment sees only itself, except the function segment (from the last tag on), which sees
+everything, and every segment's positions restart at 0, so a span's keys and values depend on the span
+alone. The function segment then starts at the longest other segment's length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from domainlm.errors import InputError
+from domainlm.template import Part, parse_marked_text
+
+IGNORE = -100
+
+
+@dataclass
+class EncodedExample:
+    ids: list[int] = field(default_factory=list)
+    tag_slots: list[int] = field(default_factory=list)  # -1 or flat index into the tag table
+    segments: list[int] = field(default_factory=list)
+    function_tag: str | None = None
+    readout: int = -1  # position of the function tag's last vector
+    truncated: int = 0  # characters cut from data spans (only with on_overflow="truncate")
+
+    def positions(self, isolate: bool) -> list[int]:
+        if not isolate:
+            return list(range(len(self.ids)))
+        func_seg = self.segments[self.readout] if self.readout >= 0 else None
+        counts: dict[int, int] = {}
+        for s in self.segments:
+            counts[s] = counts.get(s, 0) + 1
+        func_start = max((n for s, n in counts.items() if s != func_seg), default=0)
+        pos, seen = [], {}
+        for s in self.segments:
+            k = seen.get(s, 0)
+            seen[s] = k + 1
+            pos.append(func_start + k if s == func_seg else k)
+        return pos
+
+
+class Encoder:
+    """Tokenises parts the same way for every family; tags become placeholder slots."""
+
+    def __init__(self, tokenizer, specs: dict, tag_offsets: dict[str, int], placeholder_id: int):
+        self.tokenizer = tokenizer
+        self.specs = specs
+        self.offsets = tag_offsets
+        self.placeholder = placeholder_id
+        self.prefix, self.suffix = _special_tokens(tokenizer)
+        self._char_cache: dict[str, list[int]] = {}
+        self._space_joins = _space_joins_token(tokenizer)
+
+    def parts(self, item, index: int) -> list[Part]:
+        if isinstance(item, str):
+            return parse_marked_text(item, self.specs)
+        parts = list(item)
+        for p in parts:
+            if p.kind == "tag" and p.value not in self.specs:
+                raise InputError(f"unknown tag <{p.value}>; known tags: {sorted(self.specs)}", item=index)
+        return parts
+
+    def encode(self, item, index: int = 0) -> EncodedExample:
+        ex = EncodedExample()
+        segment = 0
+        self._extend(ex, self.prefix, segment)
+        parts = self.parts(item, index)
+        last_tag = max((i for i, p in enumerate(parts) if p.kind == "tag"), default=None)
+        for i, part in enumerate(parts):
+            if part.kind == "tag":
+                segment += 1
+                spec = self.specs[part.value]
+                start = len(ex.ids)
+                ex.ids.extend([self.placeholder] * spec.length)
+                ex.tag_slots.extend(range(self.offsets[part.value], self.offsets[part.value] + spec.length))
+                ex.segments.extend([segment] * spec.length)
+                if i == last_tag and spec.kind == "function":
+                    ex.function_tag = part.value
+                    ex.readout = start + spec.length - 1
+            else:
+                self._extend(ex, self._tokens(part, first=len(ex.ids) == len(self.prefix)), segment)
+        self._extend(ex, self.suffix, segment)
+        return ex
+
+    def _extend(self, ex: EncodedExample, ids: list[int], segment: int) -> None:
+        ex.ids.extend(ids)
+        ex.tag_slots.extend([-1] * len(ids))
+        ex.segments.extend([segment] * len(ids))
+
+    def _tokens(self, part: Part, first: bool) -> list[int]:
+        spec = self.specs.get(part.domain) if part.domain else None
+        if part.kind == "data" and spec is not None and spec.char_level:
+            return [t for ch in part.value.strip() for t in self._char(ch)]
+        text = part.value.strip()
+        if not text:
+            return []
+        if self._space_joins and not first and part.value[:1].isspace():
+            text = " " + text  # byte-level BPE marks word starts with the space itself
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _char(self, ch: str) -> list[int]:
+        if ch not in self._char_cache:
+            self._char_cache[ch] = self.tokenizer(ch, add_special_tokens=False)["input_ids"]
+        return self._char_cache[ch]
+
+
+def _special_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """The specials the tokenizer wraps text in ([CLS] .. [SEP], <s> ..), found by tokenising a probe."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for i in range(len(full) - len(plain) + 1):
+        if full[i : i + len(plain)] == plain:
+            return full[:i], full[i + len(plain) :]
+    return [], []
+
+
+def _space_joins_token(tokenizer) -> bool:
+    """True for GPT-2-style tokenizers, where " a" is one token different from "a"."""
+    a = tokenizer("a", add_special_tokens=False)["input_ids"]
+    sa = tokenizer(" a", add_special_tokens=False)["input_ids"]
+    return len(a) == len(sa) == 1 and a != sa

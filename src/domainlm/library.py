@@ -1,0 +1,175 @@
+"""Tag libraries: `tags.json` (what the tags are and which model they belong to) + `tags.safetensors`
+(the tag vectors and head weights only). Several libraries merge into one tag set."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from domainlm import io
+from domainlm.errors import DomainLMError, IncompatibleTagsError
+from domainlm.tags import TagSpec
+
+FORMAT_VERSION = 1
+JSON_NAME = "tags.json"
+TENSORS_NAME = "tags.safetensors"
+_FINGERPRINT_ROWS = 16
+
+
+def embedding_fingerprint(embeddings: torch.Tensor) -> dict[str, Any]:
+    """Shape plus the norms of a few evenly spaced rows: identifies a model's input embeddings across dtypes
+    (fp32 / bf16 loads of one model agree to ~1e-2) while any other model differs grossly."""
+    emb = embeddings.detach()
+    rows = torch.linspace(0, emb.shape[0] - 1, _FINGERPRINT_ROWS).long()
+    norms = emb[rows].float().norm(dim=1)
+    return {"shape": list(emb.shape), "row_norms": [round(float(x), 5) for x in norms]}
+
+
+def fingerprints_match(a: dict, b: dict, rtol: float = 2e-2) -> bool:
+    if list(a["shape"]) != list(b["shape"]):
+        return False
+    x, y = torch.tensor(a["row_norms"]), torch.tensor(b["row_norms"])
+    return bool(torch.allclose(x, y, rtol=rtol, atol=1e-6))
+
+
+@dataclass
+class TagLibrary:
+    base_model: str
+    fingerprint: dict[str, Any]
+    hidden_size: int
+    specs: dict[str, TagSpec]
+    tensors: dict[str, torch.Tensor]  # "tag.<name>" -> [p, d]; "head.<name>.<param>" -> head weights
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Atomic: the tensors land first, then the JSON that names their checksum."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        with io.atomic_path(directory / TENSORS_NAME) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.tensors.items()}, str(tmp))
+            digest = _sha256(tmp)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "base_model": self.base_model,
+            "embedding_fingerprint": self.fingerprint,
+            "hidden_size": self.hidden_size,
+            "tags": [s.to_dict() for s in self.specs.values()],
+            "tensors_sha256": digest,
+            "training": self.training,
+            "metrics": self.metrics,
+        }
+        io.write_json(directory / JSON_NAME, meta)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> TagLibrary:
+        directory = Path(directory)
+        meta_path, tensor_path = directory / JSON_NAME, directory / TENSORS_NAME
+        if not meta_path.exists() or not tensor_path.exists():
+            raise DomainLMError(f"{directory} is not a tag library (needs {JSON_NAME} and {TENSORS_NAME})")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as e:
+            raise DomainLMError(f"{meta_path}: not valid JSON ({e})") from e
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise DomainLMError(f"{meta_path}: unsupported format version {meta.get('format_version')!r}")
+        if meta.get("tensors_sha256") and meta["tensors_sha256"] != _sha256(tensor_path):
+            raise DomainLMError(f"{tensor_path} does not match the checksum in {meta_path} (mixed or corrupt copy)")
+        specs = {d["name"]: TagSpec.from_dict(d) for d in meta["tags"]}
+        tensors = load_file(str(tensor_path))
+        missing = [n for n in specs if f"tag.{n}" not in tensors]
+        if missing:
+            raise DomainLMError(f"{tensor_path}: no vectors for tag(s) {missing}")
+        return cls(
+            base_model=meta["base_model"],
+            fingerprint=meta["embedding_fingerprint"],
+            hidden_size=meta["hidden_size"],
+            specs=specs,
+            tensors=tensors,
+            training=meta.get("training", {}),
+            metrics=meta.get("metrics", {}),
+            source=str(directory),
+        )
+
+    def check_compatible(self, fingerprint: dict, hidden_size: int, model_name: str) -> None:
+        if hidden_size != self.hidden_size or not fingerprints_match(self.fingerprint, fingerprint):
+            raise IncompatibleTagsError(
+                f"tag library {self.source or ''} was made for base model {self.base_model!r} "
+                f"(embeddings {self.fingerprint['shape']}), not for {model_name!r} "
+                f"(embeddings {fingerprint['shape']}); tags only work with the model they were trained on"
+            )
+
+    def tensors_for(self, name: str) -> dict[str, torch.Tensor]:
+        prefix = f"head.{name}."
+        return {"tag": self.tensors[f"tag.{name}"], **{k[len(prefix) :]: v for k, v in self.tensors.items()
+                                                       if k.startswith(prefix)}}
+
+
+def merge_libraries(libraries: list[TagLibrary], on_conflict: str | dict[str, str] = "error") -> TagLibrary:
+    """One tag set from several. A name held by two libraries with different values is an error unless
+    `on_conflict` is "first", "last", or a dict tag name -> the winning library's directory."""
+    if not libraries:
+        raise DomainLMError("no tag library to merge")
+    first = libraries[0]
+    for lib in libraries[1:]:
+        if lib.hidden_size != first.hidden_size or not fingerprints_match(lib.fingerprint, first.fingerprint):
+            raise IncompatibleTagsError(
+                f"tag libraries {first.source} and {lib.source} were made for different base models"
+            )
+    merged = TagLibrary(first.base_model, first.fingerprint, first.hidden_size, {}, {}, source="merged")
+    owner: dict[str, TagLibrary] = {}
+    for lib in libraries:
+        for name, spec in lib.specs.items():
+            if name in owner and not _same_tag(owner[name], lib, name):
+                winner = _resolve(name, owner[name], lib, on_conflict)
+                if winner is owner[name]:
+                    continue
+            owner[name] = lib
+            merged.specs[name] = spec
+    for name, lib in owner.items():
+        for key, value in lib.tensors.items():
+            if key == f"tag.{name}" or key.startswith(f"head.{name}."):
+                merged.tensors[key] = value
+    merged.training = {"merged_from": [lib.source for lib in libraries]}
+    return merged
+
+
+def _same_tag(a: TagLibrary, b: TagLibrary, name: str) -> bool:
+    ta, tb = a.tensors_for(name), b.tensors_for(name)
+    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta) and (
+        a.specs[name].to_dict() == b.specs[name].to_dict()
+    )
+
+
+def _resolve(name: str, old: TagLibrary, new: TagLibrary, on_conflict) -> TagLibrary:
+    if isinstance(on_conflict, dict) and name in on_conflict:
+        want = str(Path(on_conflict[name]))
+        for lib in (old, new):
+            if lib.source and str(Path(lib.source)) == want:
+                return lib
+        raise DomainLMError(f"on_conflict names {want} for tag {name!r}, but neither {old.source} nor {new.source}")
+    if on_conflict == "first":
+        return old
+    if on_conflict == "last":
+        return new
+    raise DomainLMError(
+        f"tag {name!r} has different values in {old.source} and {new.source}; say which wins "
+        f"(on_conflict='first'|'last' or {{'{name}': <library dir>}}; CLI: --prefer {name}=<dir>)"
+    )
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

