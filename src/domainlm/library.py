@@ -73,6 +73,8 @@ class TagLibrary:
     @classmethod
     def load(cls, directory: str | os.PathLike) -> TagLibrary:
         directory = Path(directory)
+        if not (directory / JSON_NAME).exists() and (directory / "tags" / JSON_NAME).exists():
+            directory = directory / "tags"  # a run directory: its tag library
         meta_path, tensor_path = directory / JSON_NAME, directory / TENSORS_NAME
         if not meta_path.exists() or not tensor_path.exists():
             raise DomainLMError(f"{directory} is not a tag library (needs {JSON_NAME} and {TENSORS_NAME})")
@@ -83,7 +85,9 @@ class TagLibrary:
         if meta.get("format_version") != FORMAT_VERSION:
             raise DomainLMError(f"{meta_path}: unsupported format version {meta.get('format_version')!r}")
         if meta.get("tensors_sha256") and meta["tensors_sha256"] != _sha256(tensor_path):
-            raise DomainLMError(f"{tensor_path} does not match the checksum in {meta_path} (mixed or corrupt copy)")
+            raise DomainLMError(
+                f"{tensor_path} does not match the checksum in {meta_path} (mixed or corrupt copy)"
+            )
         specs = {d["name"]: TagSpec.from_dict(d) for d in meta["tags"]}
         tensors = load_file(str(tensor_path))
         missing = [n for n in specs if f"tag.{n}" not in tensors]
@@ -110,8 +114,10 @@ class TagLibrary:
 
     def tensors_for(self, name: str) -> dict[str, torch.Tensor]:
         prefix = f"head.{name}."
-        return {"tag": self.tensors[f"tag.{name}"], **{k[len(prefix) :]: v for k, v in self.tensors.items()
-                                                       if k.startswith(prefix)}}
+        return {
+            "tag": self.tensors[f"tag.{name}"],
+            **{k[len(prefix) :]: v for k, v in self.tensors.items() if k.startswith(prefix)},
+        }
 
 
 def merge_libraries(libraries: list[TagLibrary], on_conflict: str | dict[str, str] = "error") -> TagLibrary:
@@ -145,8 +151,10 @@ def merge_libraries(libraries: list[TagLibrary], on_conflict: str | dict[str, st
 
 def _same_tag(a: TagLibrary, b: TagLibrary, name: str) -> bool:
     ta, tb = a.tensors_for(name), b.tensors_for(name)
-    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta) and (
-        a.specs[name].to_dict() == b.specs[name].to_dict()
+    return (
+        ta.keys() == tb.keys()
+        and all(torch.equal(ta[k], tb[k]) for k in ta)
+        and (a.specs[name].to_dict() == b.specs[name].to_dict())
     )
 
 
@@ -156,7 +164,9 @@ def _resolve(name: str, old: TagLibrary, new: TagLibrary, on_conflict) -> TagLib
         for lib in (old, new):
             if lib.source and str(Path(lib.source)) == want:
                 return lib
-        raise DomainLMError(f"on_conflict names {want} for tag {name!r}, but neither {old.source} nor {new.source}")
+        raise DomainLMError(
+            f"on_conflict names {want} for tag {name!r}, but neither {old.source} nor {new.source}"
+        )
     if on_conflict == "first":
         return old
     if on_conflict == "last":

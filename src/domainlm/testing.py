@@ -12,11 +12,11 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-WORDS = (
-    "the of is a and to in input output molecule smiles protein sequence value score drug answer question "
-    "context yes no maybe given quantitative estimate druglikeness descriptor binding affinity combination "
-    "sensitivity its translate english french"
-).split()
+WORDS = """
+the of is a and to in input output molecule smiles protein sequence value score drug answer question context
+yes no maybe given quantitative estimate druglikeness descriptor binding affinity combination sensitivity its
+translate english french
+""".split()
 
 FAMILIES = ("llama", "gpt2", "bert", "qwen2")
 
@@ -37,11 +37,17 @@ def tiny_tokenizer(family: str = "llama") -> PreTrainedTokenizerFast:
             single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
         )
         return PreTrainedTokenizerFast(
-            tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", cls_token="[CLS]", sep_token="[SEP]",
+            tokenizer_object=tok,
+            unk_token="<unk>",
+            pad_token="<pad>",
+            cls_token="[CLS]",
+            sep_token="[SEP]",
             mask_token="[MASK]",
         )
     if family in {"llama", "qwen2"}:
-        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", vocab["<s>"])]
+        )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>"
     )
@@ -54,31 +60,59 @@ def _word_or_char_pattern():
     return Regex(f"(?i:{words})|.")
 
 
-def tiny_config(family: str = "llama", vocab_size: int = 256, hidden: int = 32, layers: int = 2, heads: int = 4):
+def tiny_config(
+    family: str = "llama", vocab_size: int = 256, hidden: int = 32, layers: int = 2, heads: int = 4
+):
     """A 2-layer config of the given family; `hidden`/`layers` can be raised for random-weight speed runs."""
     from transformers import BertConfig, GPT2Config, LlamaConfig, Qwen2Config
 
     if family == "llama":
         return LlamaConfig(
-            vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-            num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=2048,
-            bos_token_id=2, eos_token_id=3, pad_token_id=0, tie_word_embeddings=False,
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=hidden * 2,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=max(1, heads // 2),
+            max_position_embeddings=2048,
+            bos_token_id=2,
+            eos_token_id=3,
+            pad_token_id=0,
+            tie_word_embeddings=False,
         )
     if family == "qwen2":
         return Qwen2Config(
-            vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-            num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=2048,
-            bos_token_id=2, eos_token_id=3, pad_token_id=0,
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=hidden * 2,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=max(1, heads // 2),
+            max_position_embeddings=2048,
+            bos_token_id=2,
+            eos_token_id=3,
+            pad_token_id=0,
         )
     if family == "gpt2":
         return GPT2Config(
-            vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=1024,
-            bos_token_id=2, eos_token_id=3, pad_token_id=0,
+            vocab_size=vocab_size,
+            n_embd=hidden,
+            n_layer=layers,
+            n_head=heads,
+            n_positions=1024,
+            bos_token_id=2,
+            eos_token_id=3,
+            pad_token_id=0,
         )
     if family == "bert":
         return BertConfig(
-            vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-            num_attention_heads=heads, max_position_embeddings=1024, pad_token_id=0,
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=hidden * 2,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            max_position_embeddings=1024,
+            pad_token_id=0,
         )
     raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
 

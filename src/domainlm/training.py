@@ -41,6 +41,8 @@ class TrainConfig:
     seed: int = 0
     tag_length: int = 10
     isolate: bool | None = None  # None: on for regression function tags, as in the reference code
+    reuse: bool | None = None  # reuse span keys/values (None: whenever isolated spans are frozen)
+    cache_budget_gb: float | None = None  # bound on stored span keys/values; None = no bound
     enrich: bool = False
     train_domain_tags: bool = False
     lm_weight: float = 1.0
@@ -92,7 +94,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def length_bucketed_batches(lengths: list[int], batch_size: int, seed: int, pool: int = 50) -> list[list[int]]:
+def grouped_batches(keys: list, batch_size: int, seed: int) -> list[list[int]]:
+    """Batches of examples sharing a key (e.g. the protein), in random order."""
+    rng = random.Random(seed)
+    order = list(range(len(keys)))
+    rng.shuffle(order)
+    rank = {k: r for r, k in enumerate(dict.fromkeys(keys[i] for i in order))}
+    order.sort(key=lambda i: rank[keys[i]])
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def length_bucketed_batches(
+    lengths: list[int], batch_size: int, seed: int, pool: int = 50
+) -> list[list[int]]:
     """Shuffle, sort by length inside pools of `pool` batches, then shuffle the batches: little padding,
     still random. Deterministic for a seed, so a resumed epoch replays the same order."""
     rng = random.Random(seed)
@@ -107,10 +123,17 @@ def length_bucketed_batches(lengths: list[int], batch_size: int, seed: int, pool
 
 
 class Trainer:
-    def __init__(self, tm: TaggedModel, config: TrainConfig, run_dir: Path | None = None,
-                 log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        tm: TaggedModel,
+        config: TrainConfig,
+        run_dir: Path | None = None,
+        log: Callable[[str], None] = print,
+    ):
         self.tm, self.config, self.run_dir, self.log = tm, config, run_dir, log
         self.isolate = False
+        self.reuse = False
+        self.cache = None
         self.history: list[dict] = []
         self.step = 0
         self.best: dict | None = None
@@ -123,8 +146,9 @@ class Trainer:
         if c.stage == "domain":
             if not tm.causal:
                 raise DomainLMError(
-                    f"stage 1 (domain tags) trains with the next-token loss, and {type(tm.base).__name__} has "
-                    "no LM head; on an encoder train domain tags jointly: --stage function --train-domain-tags")
+                    f"stage 1 trains domain tags with the next-token loss; {type(tm.base).__name__} has no LM"
+                    " head. On an encoder, train domain tags jointly: --stage function --train-domain-tags"
+                )
             tm.set_trainable(names=domain_tags)
             return
         if function_tag is None:
@@ -136,10 +160,26 @@ class Trainer:
         head = tm.specs[function_tag].head
         default_isolate = head is not None and head.type == "regression" and tm.attention_hook
         self.isolate = default_isolate if c.isolate is None else c.isolate
+        frozen_spans = self.isolate and not (c.train_domain_tags or c.enrich)
+        if c.reuse and not frozen_spans:
+            raise DomainLMError(
+                "span reuse needs isolated attention and frozen domain tags (no --train-domain-tags, --enrich)"
+            )
+        self.reuse = frozen_spans if c.reuse is None else c.reuse
+        if self.reuse:
+            from domainlm.reuse import SpanCache
+
+            budget = None if c.cache_budget_gb is None else int(c.cache_budget_gb * 2**30)
+            self.cache = SpanCache(tm, budget_bytes=budget)
 
     # -- the loop -------------------------------------------------------------------------------------------
-    def fit(self, train: Split, val: Split | None = None, evaluate: Callable[[Split], dict] | None = None,
-            resume: bool = False) -> list[dict]:
+    def fit(
+        self,
+        train: Split,
+        val: Split | None = None,
+        evaluate: Callable[[Split], dict] | None = None,
+        resume: bool = False,
+    ) -> list[dict]:
         c, tm = self.config, self.tm
         if len(train) == 0:
             raise DomainLMError("the training split is empty")
@@ -152,28 +192,33 @@ class Trainer:
         steps_per_epoch = max(1, math.ceil(per_epoch / c.grad_accum))
         total_steps = max(1, math.ceil(steps_per_epoch * c.epochs))
         optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
-        scheduler = get_scheduler(c.schedule, optimizer, num_warmup_steps=int(c.warmup_ratio * total_steps),
-                                  num_training_steps=total_steps)
+        scheduler = get_scheduler(
+            c.schedule,
+            optimizer,
+            num_warmup_steps=int(c.warmup_ratio * total_steps),
+            num_training_steps=total_steps,
+        )
         start_epoch, skip_batches = 0, 0
         if resume and self._checkpoint_dir().exists():
             start_epoch, skip_batches = self._load_checkpoint(optimizer, scheduler)
             self.log(f"resumed at step {self.step} (epoch {start_epoch}, batch {skip_batches})")
         eval_every = max(1, steps_per_epoch // c.evals_per_epoch)
-        self.log(f"training {tm.num_trainable():,} of {tm.num_total():,} parameters "
-                 f"({', '.join(tm.trainable_parameters())}); {total_steps} optimizer steps, isolate={self.isolate}")
+        self.log(
+            f"training {tm.num_trainable():,} of {tm.num_total():,} parameters "
+            f"({', '.join(tm.trainable_parameters())}); {total_steps} optimizer steps, isolate={self.isolate}"
+        )
         tokens, t0, running = 0, time.time(), []
         with progress_bar(total=total_steps, description=f"stage {c.stage}", completed=self.step) as bar:
             epoch = start_epoch
             while self.step < total_steps:
-                batches = length_bucketed_batches(lengths, c.batch_size, c.seed + epoch)
+                batches = self._batches(train, lengths, c.seed + epoch)
                 for b, idx in enumerate(batches):
                     if epoch == start_epoch and b < skip_batches:
                         continue
-                    batch = self._batch(train, idx)
-                    out = tm(**batch, lm_weight=c.lm_weight)
+                    out = self._forward(train, idx)
                     (out.loss / c.grad_accum).backward()
                     running.append(float(out.loss.detach()))
-                    tokens += int(batch["attention_mask"].sum())
+                    tokens += sum(lengths[i] for i in idx)
                     last = b == len(batches) - 1
                     if (b + 1) % c.grad_accum == 0 or last:
                         torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
@@ -181,32 +226,65 @@ class Trainer:
                         scheduler.step()
                         optimizer.zero_grad(set_to_none=True)
                         self.step += 1
-                        row = {"step": self.step, "epoch": epoch + (b + 1) / len(batches),
-                               "train_loss": float(np.mean(running)), "lr": scheduler.get_last_lr()[0],
-                               "tokens_per_s": tokens / max(1e-9, time.time() - t0)}
+                        row = {
+                            "step": self.step,
+                            "epoch": epoch + (b + 1) / len(batches),
+                            "train_loss": float(np.mean(running)),
+                            "lr": scheduler.get_last_lr()[0],
+                            "tokens_per_s": tokens / max(1e-9, time.time() - t0),
+                        }
                         running = []
                         if self.step % eval_every == 0 or self.step >= total_steps:
                             row.update(self._validate(val, evaluate))
                         self.history.append(row)
+                        if "val_selection_value" in row or self.step % max(1, total_steps // 10) == 0:
+                            self.log(_describe(row, total_steps))
                         bar.update(self.step, loss=row["train_loss"], tok_s=row["tokens_per_s"])
                         if self.step % c.checkpoint_every == 0 or last:
-                            self._save_checkpoint(optimizer, scheduler, epoch + 1 if last else epoch,
-                                                  0 if last else b + 1)
+                            self._save_checkpoint(
+                                optimizer, scheduler, epoch + 1 if last else epoch, 0 if last else b + 1
+                            )
                         if self.step >= total_steps:
                             break
                 epoch += 1
         self.throughput = tokens / max(1e-9, time.time() - t0)
         if self.best is not None:
             self._restore(self.best["state"])
-            self.log(f"restored the best validation state (step {self.best['step']}, "
-                     f"{self.best['metric']}={self.best['value']:.5g})")
+            self.log(
+                f"restored the best validation state (step {self.best['step']}, "
+                f"{self.best['metric']}={self.best['value']:.5g})"
+            )
         return self.history
+
+    def _batches(self, split: Split, lengths: list[int], seed: int) -> list[list[int]]:
+        if self.reuse and self.config.cache_budget_gb is not None:
+            # A bounded store: keep examples sharing their longest span (a protein) in one batch.
+            from domainlm.reuse import longest_span_key
+
+            keys = [longest_span_key(self.tm, x, i) for i, x in enumerate(split.inputs)]
+            return grouped_batches(keys, self.config.batch_size, seed)
+        return length_bucketed_batches(lengths, self.config.batch_size, seed)
+
+    def _forward(self, split: Split, idx: list[int]):
+        if self.reuse:
+            from domainlm.reuse import reused_forward
+
+            labels = [split.labels[i] for i in idx] if split.labels is not None else None
+            return reused_forward(self.tm, self.cache, [split.inputs[i] for i in idx], labels)
+        return self.tm(**self._batch(split, idx), lm_weight=self.config.lm_weight)
 
     def _batch(self, split: Split, idx: list[int]) -> dict:
         c = self.config
-        labels = [split.labels[i] for i in idx] if split.labels is not None and c.stage == "function" else None
-        batch = self.tm.encode([split.inputs[i] for i in idx], labels, isolate=self.isolate,
-                               padding_side=c.padding_side, lm_labels=c.stage == "domain" or c.enrich)
+        labels = (
+            [split.labels[i] for i in idx] if split.labels is not None and c.stage == "function" else None
+        )
+        batch = self.tm.encode(
+            [split.inputs[i] for i in idx],
+            labels,
+            isolate=self.isolate,
+            padding_side=c.padding_side,
+            lm_labels=c.stage == "domain" or c.enrich,
+        )
         return to_device(batch, self.tm.device)
 
     def _validate(self, val: Split | None, evaluate) -> dict:
@@ -240,13 +318,25 @@ class Trainer:
         tmp = final.with_name("checkpoint.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        torch.save({
-            "params": self._snapshot(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "step": self.step, "epoch": next_epoch, "next_batch": next_batch, "history": self.history,
-            "best": self.best, "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                                       "python": random.getstate()},
-            "config": self.config.to_dict(),
-        }, tmp / "state.pt")
+        torch.save(
+            {
+                "params": self._snapshot(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "step": self.step,
+                "epoch": next_epoch,
+                "next_batch": next_batch,
+                "history": self.history,
+                "best": self.best,
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "numpy": np.random.get_state(),
+                    "python": random.getstate(),
+                },
+                "config": self.config.to_dict(),
+            },
+            tmp / "state.pt",
+        )
         old = final.with_name("checkpoint.old")
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():
@@ -266,14 +356,28 @@ class Trainer:
         return state["epoch"], state["next_batch"]
 
 
+def _describe(row: dict, total_steps: int) -> str:
+    shown = {k: v for k, v in row.items() if k != "step" and isinstance(v, float) and "selection" not in k}
+    return f"step {row['step']}/{total_steps} " + " ".join(f"{k}={v:.4g}" for k, v in shown.items())
+
+
 def to_device(batch: dict, device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 @torch.no_grad()
-def predict(tm: TaggedModel, inputs: list, *, isolate: bool, batch_size: int = 32,
-            padding_side: str = "right", description: str = "predicting") -> np.ndarray:
-    """Regression values (label units) or class probabilities, in input order, length-sorted for speed."""
+def predict(
+    tm: TaggedModel,
+    inputs: list,
+    *,
+    isolate: bool,
+    batch_size: int = 32,
+    padding_side: str = "right",
+    description: str = "predicting",
+    cache=None,
+) -> np.ndarray:
+    """Regression values (label units) or class probabilities, in input order, length-sorted for speed.
+    With a `SpanCache` (isolated, frozen spans) only the function segments run through the model."""
     was_training = tm.training
     tm.eval()
     order = sorted(range(len(inputs)), key=lambda i: len(tm.encoder.encode(inputs[i], i).ids))
@@ -281,9 +385,13 @@ def predict(tm: TaggedModel, inputs: list, *, isolate: bool, batch_size: int = 3
     with progress_bar(total=len(inputs), description=description) as bar:
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
-            batch = to_device(tm.encode([inputs[i] for i in idx], isolate=isolate, padding_side=padding_side),
-                              tm.device)
-            pred = tm(**batch).predictions
+            if cache is not None:
+                from domainlm.reuse import reused_forward
+
+                pred = reused_forward(tm, cache, [inputs[i] for i in idx]).predictions
+            else:
+                batch = tm.encode([inputs[i] for i in idx], isolate=isolate, padding_side=padding_side)
+                pred = tm(**to_device(batch, tm.device)).predictions
             if pred is None:
                 raise DomainLMError("these inputs do not end in a function tag with a head")
             if pred.ndim == 2:

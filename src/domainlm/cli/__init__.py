@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 
@@ -20,16 +21,44 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 # Modules that register commands on `app` when imported.
-COMMAND_MODULES = ["tags", "qa", "bench"]
+COMMAND_MODULES = ["tags", "qa", "bench", "students"]
+
+
+_registered = False
 
 
 def _register() -> None:
+    global _registered
+    if _registered:
+        return
     for name in COMMAND_MODULES:
         try:
             importlib.import_module(f"domainlm.cli.{name}")
         except ModuleNotFoundError as e:
             if e.name != f"domainlm.cli.{name}":
                 raise
+    _wrap_commands(app)
+    _registered = True
+
+
+def _wrap_commands(typer_app: typer.Typer) -> None:
+    """Every command turns a DomainLMError into one clear line on stderr and exit status 2."""
+    for info in typer_app.registered_commands:
+        info.callback = _friendly(info.callback)
+    for group in typer_app.registered_groups:
+        _wrap_commands(group.typer_instance)
+
+
+def _friendly(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DomainLMError as e:
+            console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
 
 
 def main() -> None:

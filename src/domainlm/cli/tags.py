@@ -1,0 +1,266 @@
+"""Tag-LLM commands: train (all three stages), eval, predict, demo, and tag-library inspection."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from domainlm.cli import app
+from domainlm.cli.options import load_config_file, merge, parse_key_values
+from domainlm.errors import DomainLMError
+
+console = Console()
+
+TRAIN_DEFAULTS = {
+    "stage": "function",
+    "model": "minilm",
+    "task": None,
+    "data": None,
+    "data_dir": None,
+    "template": None,
+    "label_column": None,
+    "head": "regression",
+    "n_classes": None,
+    "id_column": None,
+    "split_column": None,
+    "char_level": [],
+    "corpus": None,
+    "tag": None,
+    "text_column": None,
+    "tags": [],
+    "prefer": [],
+    "out": None,
+    "task_options": {},
+    "limit_train": None,
+    "limit_eval": None,
+    "skip_invalid": False,
+    "epochs": 2.0,
+    "lr": 1e-4,
+    "batch_size": 4,
+    "grad_accum": 8,
+    "tag_length": 10,
+    "isolate": None,
+    "enrich": False,
+    "train_domain_tags": False,
+    "seed": 0,
+    "dtype": "float32",
+    "device": None,
+    "eval_batch_size": 32,
+    "checkpoint_every": 50,
+    "warmup_ratio": 0.03,
+    "weight_decay": 0.0,
+    "val_fraction": 0.05,
+}
+
+Opt = typer.Option
+
+
+@app.command()
+def train(
+    stage: Annotated[
+        str,
+        Opt(
+            help="domain (stage 1: domain tags, next-token loss, causal LMs) or function "
+            "(stages 2/3: function tag + head; stage 3 = a template with several domains)"
+        ),
+    ] = None,
+    model: Annotated[
+        str, Opt(help="Hugging Face hub id, local model directory, or 'minilm' (packaged)")
+    ] = None,
+    task: Annotated[str, Opt(help="built-in preset: qed, descriptor, dta, synergy")] = None,
+    data: Annotated[
+        Path, Opt(help="user task: a CSV or JSONL file with the template's columns and a label")
+    ] = None,
+    data_dir: Annotated[
+        Path,
+        Opt(
+            "--data-dir",
+            envvar="DOMAINLM_DATA",
+            help="directory holding the preset data sets (default $DOMAINLM_DATA)",
+        ),
+    ] = None,
+    template: Annotated[
+        str, Opt(help="template with {column} fields and <Tag> markers; the last marker is the function tag")
+    ] = None,
+    label_column: Annotated[str, Opt(help="user task: the column holding the label")] = None,
+    head: Annotated[str, Opt(help="user task: regression or classification")] = None,
+    n_classes: Annotated[int, Opt(help="classification: number of classes (default: as found)")] = None,
+    id_column: Annotated[str, Opt(help="user task: a column of row ids")] = None,
+    split_column: Annotated[str, Opt(help="user task: a column holding train/val/test")] = None,
+    char_level: Annotated[
+        list[str], Opt(help="domain tag whose data is tokenised one character a token (repeatable)")
+    ] = None,
+    corpus: Annotated[
+        Path,
+        Opt(
+            help="stage 1: unlabelled text (one item a line, a JSON object id->text, "
+            "or CSV/JSONL with --text-column)"
+        ),
+    ] = None,
+    tag: Annotated[str, Opt(help="stage 1: the domain tag to train, e.g. SMILES")] = None,
+    text_column: Annotated[str, Opt(help="stage 1: column of a CSV/JSONL corpus")] = None,
+    tags: Annotated[list[str], Opt(help="tag library to start from (repeatable; they merge)")] = None,
+    prefer: Annotated[list[str], Opt(help="TAG=LIBRARY_DIR: which library wins when two disagree")] = None,
+    out: Annotated[Path, Opt(help="run directory to write")] = None,
+    task_option: Annotated[
+        list[str], Opt(help="preset loader option key=value, e.g. fold=2 (repeatable)")
+    ] = None,
+    limit_train: Annotated[int, Opt(help="use only the first N training rows (quick runs)")] = None,
+    limit_eval: Annotated[int, Opt(help="use only the first N validation and test rows")] = None,
+    skip_invalid: Annotated[
+        bool, Opt("--skip-invalid", help="skip invalid rows, counted, instead of stopping")
+    ] = None,
+    epochs: Annotated[float, Opt(help="epochs (fractions allowed)")] = None,
+    lr: Annotated[float, Opt(help="AdamW learning rate")] = None,
+    batch_size: Annotated[int, Opt(help="batch size")] = None,
+    grad_accum: Annotated[int, Opt(help="gradient accumulation steps")] = None,
+    tag_length: Annotated[int, Opt(help="vectors per new tag (p)")] = None,
+    isolate: Annotated[
+        bool,
+        Opt(
+            "--isolate/--no-isolate",
+            help="domain spans cannot see tokens before their tag (default: on for regression heads)",
+        ),
+    ] = None,
+    reuse: Annotated[
+        bool,
+        Opt(
+            "--reuse/--no-reuse",
+            help="compute each isolated span's keys/values once and reuse them "
+            "(default: whenever spans are isolated and domain tags frozen)",
+        ),
+    ] = None,
+    cache_budget_gb: Annotated[
+        float, Opt(help="memory bound for reused keys/values; when it binds, batches are grouped by span")
+    ] = None,
+    enrich: Annotated[
+        bool, Opt("--enrich", help="also train domain tags with the LM loss (paper ablation)")
+    ] = None,
+    train_domain_tags: Annotated[
+        bool, Opt("--train-domain-tags", help="train domain tags jointly with the task loss (for encoders)")
+    ] = None,
+    seed: Annotated[int, Opt(help="random seed")] = None,
+    dtype: Annotated[str, Opt(help="float32 | bfloat16 | float16")] = None,
+    device: Annotated[str, Opt(help="cpu, cuda, cuda:1, ... (default: model's)")] = None,
+    config: Annotated[Path, Opt(help="YAML file with any of these options; flags override it")] = None,
+    resume: Annotated[bool, Opt("--resume", help="continue an interrupted run from its checkpoint")] = False,
+    overwrite: Annotated[bool, Opt("--overwrite", help="replace an existing run directory")] = False,
+):
+    """Train tags: domain tags from unlabelled text, or a function tag (+ head) on a labelled task."""
+    flags = dict(locals())
+    for k in ("config", "resume", "overwrite", "task_option"):
+        flags.pop(k)
+    flags["task_options"] = parse_key_values(task_option, "--task-option") or None
+    opts = merge(TRAIN_DEFAULTS, load_config_file(config), flags)
+    if not opts["out"]:
+        raise DomainLMError("--out is required: the run directory to write")
+    from domainlm.cli.runner import run_training
+
+    result = run_training(opts, resume=resume, overwrite=overwrite)
+    print_metrics(result, title=f"{result.get('task', 'run')} -> {opts['out']}")
+
+
+@app.command("eval")
+def evaluate(
+    run: Annotated[Path, Opt(help="a run directory written by `domainlm train`")],
+    split: Annotated[str, Opt(help="val or test")] = "test",
+    data_dir: Annotated[Path, Opt("--data-dir", envvar="DOMAINLM_DATA", help="preset data directory")] = None,
+    data: Annotated[Path, Opt(help="another labelled file to score (user tasks)")] = None,
+    device: Annotated[str, Opt(help="device")] = None,
+):
+    """Score a trained run on a split (or another labelled file) and write eval_<split>.json beside it."""
+    from domainlm.cli.runner import run_eval
+
+    print_metrics(
+        run_eval(run, split=split, data_dir=data_dir, data=data, device=device), title=f"{run} {split}"
+    )
+
+
+@app.command()
+def predict(
+    input: Annotated[Path, Opt(help="CSV or JSONL with the template's columns")],
+    out: Annotated[Path, Opt(help="CSV to write: the input columns plus predictions")],
+    run: Annotated[Path, Opt(help="a run directory (gives model, tags and template)")] = None,
+    tags: Annotated[list[str], Opt(help="tag libraries (instead of --run)")] = None,
+    model: Annotated[str, Opt(help="base model (instead of --run)")] = None,
+    template: Annotated[str, Opt(help="template (instead of --run)")] = None,
+    skip_invalid: Annotated[bool, Opt("--skip-invalid", help="skip invalid rows, counted")] = False,
+    batch_size: Annotated[int, Opt(help="batch size")] = 32,
+    device: Annotated[str, Opt(help="device")] = None,
+):
+    """Batch prediction from a file to CSV with trained tags."""
+    from domainlm.cli.runner import run_predict
+
+    summary = run_predict(
+        input,
+        out,
+        run=run,
+        tags=tags,
+        model=model,
+        template=template,
+        skip_invalid=skip_invalid,
+        batch_size=batch_size,
+        device=device,
+    )
+    console.print(
+        f"wrote {summary['n_predicted']} predictions to {out}"
+        + (f" ({summary['n_skipped']} rows skipped)" if summary["n_skipped"] else "")
+    )
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[
+        Path, Opt("--data", "--data-dir", envvar="DOMAINLM_DATA", help="shared data directory")
+    ],
+    out: Annotated[Path, Opt(help="run directory")] = Path("runs/demo-qed"),
+    limit_train: Annotated[int, Opt(help="training molecules")] = 1500,
+    limit_eval: Annotated[int, Opt(help="validation and test molecules")] = 300,
+    epochs: Annotated[float, Opt(help="epochs")] = 3.0,
+):
+    """The main job, offline: QED from SMILES with tags on the packaged MiniLM (minutes on a CPU)."""
+    from domainlm.cli.runner import run_demo
+
+    console.print(
+        "[bold]domainlm demo[/]: QED prediction from SMILES, tags on the packaged all-MiniLM-L6-v2 "
+        f"({limit_train} training molecules, {epochs:g} epochs)"
+    )
+    result = run_demo(data_dir, out, limit_train=limit_train, limit_eval=limit_eval, epochs=epochs)
+    print_metrics(result, title=f"QED test metrics -> {out}")
+
+
+@app.command("tags")
+def show_tags(library: Annotated[list[Path], typer.Argument(help="tag library directories")]):
+    """Show what tag libraries hold: base model, tags, heads, training metrics."""
+    from domainlm.library import TagLibrary
+
+    for path in library:
+        lib = TagLibrary.load(path)
+        t = Table(title=f"{path} (base: {lib.base_model}, hidden {lib.hidden_size})")
+        for col in ("tag", "kind", "length", "char level", "head"):
+            t.add_column(col)
+        for s in lib.specs.values():
+            head = (
+                "" if s.head is None else s.head.type + (f"/{s.head.n_classes}" if s.head.n_classes else "")
+            )
+            t.add_row(s.name, s.kind, str(s.length), "yes" if s.char_level else "", head)
+        console.print(t)
+        if lib.metrics:
+            console.print(json.dumps(lib.metrics, indent=1))
+
+
+def print_metrics(result: dict, title: str) -> None:
+    t = Table(title=title)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in result.items():
+        if isinstance(v, float):
+            t.add_row(k, f"{v:.4g}")
+        elif isinstance(v, int) and not isinstance(v, bool):
+            t.add_row(k, f"{v:,}")
+    console.print(t)

@@ -1,0 +1,59 @@
+"""Unlabelled corpora for stage 1: plain text (one item a line), a JSON object id -> text, or a CSV/JSONL
+column."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from domainlm.errors import InputError
+
+
+def read_corpus(path: str | Path, text_column: str | None = None) -> list[str]:
+    path = Path(path)
+    if not path.exists():
+        raise InputError("file not found", source=str(path))
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise InputError(f"not valid JSON: {e.msg}", source=str(path), item=f"line {e.lineno}") from None
+        items = list(obj.values()) if isinstance(obj, dict) else obj
+        if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+            raise InputError("expected a JSON object id -> text or a list of strings", source=str(path))
+        texts = items
+    elif suffix in {".csv", ".tsv", ".jsonl"}:
+        if not text_column:
+            raise InputError("pass --text-column to say which column holds the text", source=str(path))
+        texts = _column(path, text_column, suffix)
+    else:
+        texts = path.read_text(encoding="utf-8").splitlines()
+    texts = [t.strip() for t in texts if t and t.strip()]
+    if not texts:
+        raise InputError("the corpus holds no text", source=str(path))
+    return texts
+
+
+def _column(path: Path, column: str, suffix: str) -> list[str]:
+    out = []
+    if suffix == ".jsonl":
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"not valid JSON ({e.msg})", source=str(path), item=f"line {n}") from None
+            if column not in row:
+                raise InputError(f"no field {column!r}", source=str(path), item=f"line {n}")
+            out.append(str(row[column]))
+        return out
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+        if column not in (reader.fieldnames or []):
+            raise InputError(f"no column {column!r}; columns are {reader.fieldnames}", source=str(path))
+        for row in reader:
+            out.append(row[column] or "")
+    return out

@@ -1,0 +1,216 @@
+"""Reusing the keys and values of isolated spans.
+
+Under isolated attention with frozen domain tags, a span's keys and values in every layer depend on the
+span alone: its tokens, its tag and its positions, which restart at 0 in every span (see
+`domainlm.encoding`). So each distinct span (a protein, a drug, a prompt prefix) is run through the model
+once and its per-layer keys/values are kept; a training step then runs only the function segment (the
+function tag and what follows) through the layers, attending to the stored keys/values. Predictions and
+gradients equal the full isolated forward's up to float rounding (tested).
+
+The store is an LRU bounded by a byte budget: when every span fits, each is computed once per run; when
+not (a 7B model), batches grouped by span (`group`) still compute each span once per batch.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+from domainlm import attention
+from domainlm.encoding import EncodedExample
+from domainlm.errors import DomainLMError
+from domainlm.model import TaggedModel, TaggedOutput
+
+SpanKey = tuple[int, ...]
+
+
+@dataclass
+class ReuseStats:
+    hits: int = 0
+    misses: int = 0
+    computed_tokens: int = 0
+    evictions: int = 0
+
+
+def span_key(ids: list[int], slots: list[int]) -> SpanKey:
+    # Tag slots become negative numbers so a tag position never collides with a token id.
+    return tuple(i if s < 0 else -(s + 1) for i, s in zip(ids, slots))
+
+
+def split_example(ex: EncodedExample) -> tuple[list[tuple[SpanKey, list[int], list[int]]], int]:
+    """(spans in order, start of the function segment). Spans are the segments before the function tag."""
+    if ex.readout < 0:
+        raise DomainLMError("span reuse needs inputs that end in a function tag")
+    func = ex.segments[ex.readout]
+    start = ex.segments.index(func)
+    spans, s = [], 0
+    while s < start:
+        e = s
+        while e < start and ex.segments[e] == ex.segments[s]:
+            e += 1
+        ids, slots = ex.ids[s:e], ex.tag_slots[s:e]
+        spans.append((span_key(ids, slots), ids, slots))
+        s = e
+    return spans, start
+
+
+def longest_span_key(tm: TaggedModel, item, index: int = 0) -> SpanKey:
+    """The key of an input's longest span (e.g. its protein): what batches are grouped by."""
+    spans, _ = split_example(tm.encoder.encode(item, index))
+    return max(spans, key=lambda s: len(s[1]))[0] if spans else ()
+
+
+class SpanCache:
+    """Per-layer keys/values of spans, computed once and kept within `budget_bytes` (None: no limit)."""
+
+    def __init__(
+        self,
+        tm: TaggedModel,
+        *,
+        budget_bytes: int | None = None,
+        dtype: torch.dtype | None = None,
+        batch_size: int = 16,
+    ):
+        if not tm.attention_hook:
+            raise DomainLMError(
+                f"span reuse needs a model family that uses the attention interface; "
+                f"{type(tm.base).__name__} does not"
+            )
+        self.tm, self.budget, self.dtype, self.batch_size = tm, budget_bytes, dtype, batch_size
+        self.store: OrderedDict[SpanKey, list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        self.bytes = 0
+        self.stats = ReuseStats()
+
+    def clear(self) -> None:
+        self.store.clear()
+        self.bytes = 0
+
+    def get(self, spans: list[tuple[SpanKey, list[int], list[int]]]) -> dict[SpanKey, list]:
+        wanted = {key: (ids, slots) for key, ids, slots in spans}
+        found = {}
+        for key in wanted:
+            if key in self.store:
+                self.store.move_to_end(key)
+                found[key] = self.store[key]
+                self.stats.hits += 1
+        missing = [(k, *wanted[k]) for k in wanted if k not in found]
+        self.stats.misses += len(missing)
+        missing.sort(key=lambda x: len(x[1]))
+        for s in range(0, len(missing), self.batch_size):
+            chunk = missing[s : s + self.batch_size]
+            for key, kv in zip([c[0] for c in chunk], self._compute(chunk)):
+                found[key] = kv
+                self._insert(key, kv)
+        return found
+
+    def _insert(self, key: SpanKey, kv) -> None:
+        size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
+        if self.budget is not None and size > self.budget:
+            return
+        self.store[key] = kv
+        self.bytes += size
+        while self.budget is not None and self.bytes > self.budget:
+            _, old = self.store.popitem(last=False)
+            self.bytes -= sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in old)
+            self.stats.evictions += 1
+
+    @torch.no_grad()
+    def _compute(self, chunk) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        tm = self.tm
+        device = tm.device
+        n = max(len(ids) for _, ids, _ in chunk)
+        pad = tm.encoder.placeholder
+        ids = torch.tensor([c[1] + [pad] * (n - len(c[1])) for c in chunk], device=device)
+        slots = torch.tensor([c[2] + [-1] * (n - len(c[2])) for c in chunk], device=device)
+        mask = torch.tensor([[1] * len(c[1]) + [0] * (n - len(c[1])) for c in chunk], device=device)
+        positions = torch.arange(n, device=device).expand(len(chunk), n)
+        record: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        with attention.override(attention.AttentionOverride(record=record)):
+            tm.backbone(inputs_embeds=tm.embed(ids, slots), attention_mask=mask, position_ids=positions)
+        self.stats.computed_tokens += int(mask.sum())
+        out = []
+        for i, c in enumerate(chunk):
+            length = len(c[1])
+            out.append(
+                [
+                    (self._keep(record[layer][0][i, :, :length]), self._keep(record[layer][1][i, :, :length]))
+                    for layer in sorted(record)
+                ]
+            )
+        return out
+
+    def _keep(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.detach()
+        return (t.to(self.dtype) if self.dtype is not None else t).contiguous()
+
+
+def reused_forward(tm: TaggedModel, cache: SpanCache, inputs: list, labels=None) -> TaggedOutput:
+    """The function segments of `inputs` through the model, attending to their spans' stored keys/values."""
+    examples = [tm.encoder.encode(item, i) for i, item in enumerate(inputs)]
+    heads = {ex.function_tag for ex in examples}
+    if len(heads) != 1 or None in heads:
+        raise DomainLMError("span reuse needs every input to end in the same function tag")
+    head = heads.pop()
+    split = [split_example(ex) for ex in examples]
+    stored = cache.get([span for spans, _ in split for span in spans])
+    device = tm.device
+    n_layers = len(next(iter(stored.values()))) if stored else 0
+    prefix_len = [sum(len(ids) for _, ids, _ in spans) for spans, _ in split]
+    P = max(prefix_len)
+    func = [
+        (ex.ids[start:], ex.tag_slots[start:], ex.positions(True)[start:], ex.readout - start)
+        for ex, (_, start) in zip(examples, split)
+    ]
+    Q = max(len(f[0]) for f in func)
+    B = len(examples)
+    pad = tm.encoder.placeholder
+
+    prefix = []
+    for layer in range(n_layers if P else 0):
+        ks, vs = [], []
+        for spans, _ in split:
+            k = torch.cat([stored[key][layer][0] for key, _, _ in spans], dim=1) if spans else None
+            v = torch.cat([stored[key][layer][1] for key, _, _ in spans], dim=1) if spans else None
+            ks.append(k)
+            vs.append(v)
+        prefix.append((_pad_stack(ks, P, device), _pad_stack(vs, P, device)))
+
+    ids = torch.tensor([f[0] + [pad] * (Q - len(f[0])) for f in func], device=device)
+    slots = torch.tensor([f[1] + [-1] * (Q - len(f[1])) for f in func], device=device)
+    pos = torch.tensor([f[2] + [0] * (Q - len(f[2])) for f in func], device=device)
+    real_q = torch.tensor([[1] * len(f[0]) + [0] * (Q - len(f[0])) for f in func], device=device).bool()
+    real_p = torch.tensor([[1] * n + [0] * (P - n) for n in prefix_len], device=device).bool()
+    own = real_q.unsqueeze(1).expand(B, Q, Q)
+    if tm.causal:
+        own = own & torch.ones(Q, Q, dtype=torch.bool, device=device).tril()
+    own = own | (torch.eye(Q, dtype=torch.bool, device=device) & ~real_q.unsqueeze(2))
+    mask = torch.cat([real_p.unsqueeze(1).expand(B, Q, P), own], dim=2).unsqueeze(1)
+
+    override = attention.AttentionOverride(mask=mask, prefix=prefix or None)
+    with attention.override(override):
+        hidden = tm.backbone(
+            inputs_embeds=tm.embed(ids, slots), attention_mask=real_q.long(), position_ids=pos
+        ).last_hidden_state
+    readout = torch.tensor([f[3] for f in func], device=device)
+    rows = torch.arange(B, device=device)
+    label_tensor = _labels(tm, head, labels) if labels is not None else None
+    return tm.apply_head(TaggedOutput(), head, hidden[rows, readout], label_tensor)
+
+
+def _labels(tm: TaggedModel, head: str, labels) -> torch.Tensor:
+    from domainlm.model import _label_values
+
+    spec = tm.specs[head].head
+    dtype = torch.float32 if spec.type == "regression" else torch.long
+    return torch.as_tensor(_label_values(labels, spec), dtype=dtype)
+
+
+def _pad_stack(parts: list[torch.Tensor | None], length: int, device) -> torch.Tensor:
+    ref = next(p for p in parts if p is not None)
+    out = ref.new_zeros((len(parts), ref.shape[0], length, ref.shape[2]))
+    for i, p in enumerate(parts):
+        if p is not None:
+            out[i, :, : p.shape[1]] = p
+    return out.to(device)

@@ -1,0 +1,63 @@
+"""Span key/value reuse must equal the full isolated forward: predictions and gradients."""
+
+import pytest
+import torch
+
+from domainlm.model import TaggedModel
+from domainlm.reuse import SpanCache, reused_forward
+from domainlm.testing import tiny_model
+
+TEMPLATE = "The protein sequence is <Protein> {p}. The SMILES of the drug is <SMILES> {s}. Affinity <BA>"
+PAIRS = [("MKVLAAGG", "CCO"), ("MKV", "CC(=O)NC1=CC"), ("MKVLAAGG", "N"), ("WYYKKR", "CCO")]
+
+
+def tagged(family):
+    model, tok = tiny_model(family)
+    tm = TaggedModel(model, tok)
+    tm.add_tag("Protein", char_level=True)
+    tm.add_tag("SMILES", char_level=True)
+    tm.add_tag("BA", "function", head="regression", label_mean=6.0, label_std=1.0)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        tm.heads["BA"].linear.weight.normal_()
+        for p in tm.tag_vectors.values():
+            p.add_(0.1 * torch.randn_like(p))
+    tm.set_trainable(names=["BA"])
+    return tm
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert", "qwen2"])
+def test_reused_path_equals_full_isolated_path(family):
+    tm = tagged(family)
+    texts = [TEMPLATE.format(p=p, s=s) for p, s in PAIRS]
+    labels = [5.0, 7.0, 6.0, 6.5]
+
+    full = tm(**tm.encode(texts, labels, isolate=True))
+    full.loss.backward()
+    grads_full = {k: p.grad.clone() for k, p in tm.trainable_parameters().items()}
+    tm.zero_grad()
+
+    cache = SpanCache(tm)
+    reused = reused_forward(tm, cache, texts, labels)
+    reused.loss.backward()
+    grads_reused = {k: p.grad.clone() for k, p in tm.trainable_parameters().items()}
+
+    torch.testing.assert_close(reused.predictions, full.predictions, rtol=1e-5, atol=1e-5)
+    for k in grads_full:
+        torch.testing.assert_close(grads_reused[k], grads_full[k], rtol=1e-4, atol=1e-5)
+    # one shared prefix + 3 distinct protein spans + 3 distinct drug spans, each computed once
+    assert cache.stats.misses == 1 + 3 + 3
+    reused_forward(tm, cache, texts, labels)
+    assert cache.stats.misses == 7 and cache.stats.hits >= 7
+
+
+def test_budget_evicts_but_stays_exact():
+    tm = tagged("llama")
+    texts = [TEMPLATE.format(p=p, s=s) for p, s in PAIRS]
+    with torch.no_grad():
+        expected = tm(**tm.encode(texts, isolate=True)).predictions
+        cache = SpanCache(tm, budget_bytes=20_000)
+        for _ in range(2):
+            got = reused_forward(tm, cache, texts).predictions
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert cache.bytes <= 20_000 and cache.stats.evictions > 0
