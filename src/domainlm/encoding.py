@@ -24,7 +24,8 @@ class EncodedExample:
     segments: list[int] = field(default_factory=list)
     function_tag: str | None = None
     readout: int = -1  # position of the function tag's last vector
-    truncated: int = 0  # characters cut from data spans (only with on_overflow="truncate")
+    truncated: int = 0  # data tokens cut (overflow="truncate")
+    windows: int = 0  # extra windows a long data span was split into (overflow="window")
 
     def positions(self, isolate: bool) -> list[int]:
         if not isolate:
@@ -42,10 +43,46 @@ class EncodedExample:
         return pos
 
 
+OVERFLOW_MODES = ("error", "truncate", "window")
+
+
+@dataclass
+class LengthPolicy:
+    """What to do with inputs longer than the model takes. Never silent: touched inputs are counted.
+
+    * error:    refuse the input, naming it (default);
+    * truncate: keep the first tokens of over-long data spans: at most `max_span` each, and fewer where
+                needed to fit the model's positions;
+    * window:   cut a data span into windows of `max_span` tokens, each behind its own copy of the domain
+                tag; under isolated attention every window restarts at position 0 and is encoded on its
+                own, and the function tag sees them all.
+    """
+
+    mode: str = "error"
+    max_span: int | None = None
+    limit: int | None = None  # the model's position limit (absolute position embeddings)
+
+    def __post_init__(self):
+        if self.mode not in OVERFLOW_MODES:
+            raise InputError(f"overflow must be one of {OVERFLOW_MODES}, got {self.mode!r}")
+        if self.max_span is not None and self.max_span < 1:
+            raise InputError("max_span must be >= 1")
+
+
 class Encoder:
     """Tokenises parts the same way for every family; tags become placeholder slots."""
 
-    def __init__(self, tokenizer, specs: dict, tag_offsets: dict[str, int], placeholder_id: int):
+    def __init__(
+        self,
+        tokenizer,
+        specs: dict,
+        tag_offsets: dict[str, int],
+        placeholder_id: int,
+        policy: LengthPolicy | None = None,
+        isolate: bool = False,
+    ):
+        self.policy = policy or LengthPolicy()
+        self.isolate = isolate
         self.tokenizer = tokenizer
         self.specs = specs
         self.offsets = tag_offsets
@@ -63,25 +100,80 @@ class Encoder:
                 raise InputError(f"unknown tag <{p.value}>; known tags: {sorted(self.specs)}", item=index)
         return parts
 
-    def encode(self, item, index: int = 0) -> EncodedExample:
+    def encode(self, item, index: int = 0, isolate: bool | None = None) -> EncodedExample:
+        isolate = self.isolate if isolate is None else isolate
+        pieces = self._pieces(self.parts(item, index))
+        ex = self._assemble(pieces)
+        policy = self.policy
+        if policy.mode == "error" or not any(p[0] == "data" for p in pieces):
+            return ex
+        if policy.max_span is not None:
+            cut = [self._limit_span(p, policy.max_span, policy.mode) for p in pieces]
+            pieces = [q for group in cut for q in group]
+            ex = self._assemble(pieces)
+        while policy.mode == "truncate" and policy.limit and max(ex.positions(isolate)) >= policy.limit:
+            over = max(ex.positions(isolate)) - policy.limit + 1
+            longest = max(
+                (i for i, p in enumerate(pieces) if p[0] == "data"), key=lambda i: len(pieces[i][1])
+            )
+            kind, ids, domain, cut_before = pieces[longest]
+            if len(ids) <= 1:
+                break
+            keep = max(1, len(ids) - over)
+            pieces[longest] = (kind, ids[:keep], domain, cut_before + len(ids) - keep)
+            ex = self._assemble(pieces)
+        return ex
+
+    def _pieces(self, parts: list[Part]) -> list[tuple]:
+        """("tag", name, is_last_tag) | ("text", ids) | ("data", ids, domain, tokens_cut)."""
+        last_tag = max((i for i, p in enumerate(parts) if p.kind == "tag"), default=None)
+        pieces, first = [], True
+        for i, part in enumerate(parts):
+            if part.kind == "tag":
+                pieces.append(("tag", part.value, i == last_tag))
+                first = False
+                continue
+            ids = self._tokens(part, first=first)
+            first = first and not ids
+            if part.kind == "data" and part.domain:
+                pieces.append(("data", ids, part.domain, 0))
+            else:
+                pieces.append(("text", ids))
+        return pieces
+
+    def _limit_span(self, piece: tuple, max_span: int, mode: str) -> list[tuple]:
+        if piece[0] != "data" or len(piece[1]) <= max_span:
+            return [piece]
+        _, ids, domain, cut = piece
+        if mode == "truncate":
+            return [("data", ids[:max_span], domain, cut + len(ids) - max_span)]
+        out = [("data", ids[:max_span], domain, 0)]
+        for s in range(max_span, len(ids), max_span):
+            out += [("window", domain), ("data", ids[s : s + max_span], domain, 0)]
+        return out
+
+    def _assemble(self, pieces: list[tuple]) -> EncodedExample:
         ex = EncodedExample()
         segment = 0
         self._extend(ex, self.prefix, segment)
-        parts = self.parts(item, index)
-        last_tag = max((i for i, p in enumerate(parts) if p.kind == "tag"), default=None)
-        for i, part in enumerate(parts):
-            if part.kind == "tag":
+        for piece in pieces:
+            if piece[0] in {"tag", "window"}:
                 segment += 1
-                spec = self.specs[part.value]
+                name = piece[1]
+                spec = self.specs[name]
                 start = len(ex.ids)
                 ex.ids.extend([self.placeholder] * spec.length)
-                ex.tag_slots.extend(range(self.offsets[part.value], self.offsets[part.value] + spec.length))
+                ex.tag_slots.extend(range(self.offsets[name], self.offsets[name] + spec.length))
                 ex.segments.extend([segment] * spec.length)
-                if i == last_tag and spec.kind == "function":
-                    ex.function_tag = part.value
+                if piece[0] == "window":
+                    ex.windows += 1
+                elif piece[2] and spec.kind == "function":
+                    ex.function_tag = name
                     ex.readout = start + spec.length - 1
             else:
-                self._extend(ex, self._tokens(part, first=len(ex.ids) == len(self.prefix)), segment)
+                self._extend(ex, piece[1], segment)
+                if piece[0] == "data":
+                    ex.truncated += piece[3]
         self._extend(ex, self.suffix, segment)
         return ex
 

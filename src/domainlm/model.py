@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from domainlm import attention
-from domainlm.encoding import IGNORE, EncodedExample, Encoder
+from domainlm.encoding import IGNORE, EncodedExample, Encoder, LengthPolicy
 from domainlm.errors import DomainLMError, InputError
 from domainlm.heads import Head, HeadSpec
 from domainlm.library import TagLibrary, embedding_fingerprint, merge_libraries
@@ -79,6 +79,7 @@ class TaggedModel(nn.Module):
         self.specs: dict[str, TagSpec] = {}
         self._encoder: Encoder | None = None
         self.max_positions = _max_positions(model.config)
+        self.length_policy = LengthPolicy(limit=self.max_positions)
 
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
@@ -219,8 +220,13 @@ class TaggedModel(nn.Module):
                 start += self.specs[name].length
             pad = self.tokenizer.pad_token_id
             placeholder = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
-            self._encoder = Encoder(self.tokenizer, self.specs, offsets, placeholder)
+            self._encoder = Encoder(self.tokenizer, self.specs, offsets, placeholder, self.length_policy)
         return self._encoder
+
+    def set_length_policy(self, mode: str = "error", max_span: int | None = None) -> None:
+        """How over-long inputs are handled (see `domainlm.encoding.LengthPolicy`)."""
+        self.length_policy = LengthPolicy(mode, max_span, self.max_positions)
+        self._encoder = None
 
     def encode(
         self,
@@ -237,14 +243,15 @@ class TaggedModel(nn.Module):
         `isolate=True`: each domain span attends only to itself (see `domainlm.encoding`)."""
         if isinstance(inputs, str):
             inputs = [inputs]
-        examples = [self.encoder.encode(item, i) for i, item in enumerate(inputs)]
+        examples = [self.encoder.encode(item, i, isolate) for i, item in enumerate(inputs)]
         limit = max_length or self.max_positions
         for i, ex in enumerate(examples):
             top = max(ex.positions(isolate), default=0)
             if limit and top >= limit:
                 raise InputError(
                     f"input is {len(ex.ids)} tokens (highest position {top}) but the model takes {limit} "
-                    f"positions; shorten it, or use truncation/windowing options for long sequences",
+                    "positions; shorten it or choose an overflow policy (--overflow truncate|window, "
+                    "--max-span-tokens)",
                     item=i,
                 )
         batch = collate(

@@ -160,6 +160,9 @@ def train_tagged_task(
                 description="validating",
             )[0]
 
+        touched = overflow_report(tm, splits, trainer.isolate)
+        if any(touched.values()):
+            run.log(f"over-long inputs ({config.overflow}): {touched}")
         history = trainer.fit(splits["train"], splits["val"], evaluate, resume=resume)
         results: dict[str, Any] = {
             "task": spec.name,
@@ -175,6 +178,7 @@ def train_tagged_task(
             "info": data.info,
             "isolate": trainer.isolate,
             "reuse": trainer.reuse,
+            "overflow": {"mode": config.overflow, "max_span_tokens": config.max_span_tokens, **touched},
         }
         if trainer.cache is not None:
             results["span_cache"] = {**vars(trainer.cache.stats), "bytes": trainer.cache.bytes}
@@ -216,6 +220,16 @@ def train_tagged_task(
         results["predictions"] = predictions
         results["run_dir"] = str(run.path)
         return results
+
+
+def overflow_report(tm: TaggedModel, splits: dict[str, Split], isolate: bool) -> dict[str, int]:
+    """How many inputs per split the length policy truncated or windowed (never silent)."""
+    out = {}
+    for name, split in splits.items():
+        encoded = [tm.encoder.encode(x, i, isolate) for i, x in enumerate(split.inputs)]
+        out[f"{name}_truncated"] = sum(ex.truncated > 0 for ex in encoded)
+        out[f"{name}_windowed"] = sum(ex.windows > 0 for ex in encoded)
+    return out
 
 
 def write_predictions(path: Path, split: Split, preds: np.ndarray, spec: TaskSpec) -> None:

@@ -58,7 +58,7 @@ def split_example(ex: EncodedExample) -> tuple[list[tuple[SpanKey, list[int], li
 
 def longest_span_key(tm: TaggedModel, item, index: int = 0) -> SpanKey:
     """The key of an input's longest span (e.g. its protein): what batches are grouped by."""
-    spans, _ = split_example(tm.encoder.encode(item, index))
+    spans, _ = split_example(tm.encoder.encode(item, index, isolate=True))
     return max(spans, key=lambda s: len(s[1]))[0] if spans else ()
 
 
@@ -148,7 +148,7 @@ class SpanCache:
 
 def reused_forward(tm: TaggedModel, cache: SpanCache, inputs: list, labels=None) -> TaggedOutput:
     """The function segments of `inputs` through the model, attending to their spans' stored keys/values."""
-    examples = [tm.encoder.encode(item, i) for i, item in enumerate(inputs)]
+    examples = [tm.encoder.encode(item, i, isolate=True) for i, item in enumerate(inputs)]
     heads = {ex.function_tag for ex in examples}
     if len(heads) != 1 or None in heads:
         raise DomainLMError("span reuse needs every input to end in the same function tag")

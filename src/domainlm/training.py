@@ -43,6 +43,8 @@ class TrainConfig:
     isolate: bool | None = None  # None: on for regression function tags, as in the reference code
     reuse: bool | None = None  # reuse span keys/values (None: whenever isolated spans are frozen)
     cache_budget_gb: float | None = None  # bound on stored span keys/values; None = no bound
+    overflow: str = "error"  # over-long inputs: error | truncate | window (see encoding.LengthPolicy)
+    max_span_tokens: int | None = None  # longest data span kept whole (truncate / window size)
     enrich: bool = False
     train_domain_tags: bool = False
     lm_weight: float = 1.0
@@ -141,6 +143,7 @@ class Trainer:
     # -- what trains ------------------------------------------------------------------------------------
     def configure(self, function_tag: str | None, domain_tags: list[str]) -> None:
         c, tm = self.config, self.tm
+        tm.set_length_policy(c.overflow, c.max_span_tokens)
         for p in tm.parameters():
             p.requires_grad_(False)
         if c.stage == "domain":
@@ -163,7 +166,7 @@ class Trainer:
         frozen_spans = self.isolate and not (c.train_domain_tags or c.enrich)
         if c.reuse and not frozen_spans:
             raise DomainLMError(
-                "span reuse needs isolated attention and frozen domain tags (no --train-domain-tags, --enrich)"
+                "span reuse needs isolated attention and frozen domain tags (no --train-domain-tags/--enrich)"
             )
         self.reuse = frozen_spans if c.reuse is None else c.reuse
         if self.reuse:

@@ -55,6 +55,10 @@ TRAIN_DEFAULTS = {
     "warmup_ratio": 0.03,
     "weight_decay": 0.0,
     "val_fraction": 0.05,
+    "reuse": None,
+    "cache_budget_gb": None,
+    "overflow": "error",
+    "max_span_tokens": None,
 }
 
 Opt = typer.Option
@@ -137,6 +141,16 @@ def train(
     ] = None,
     cache_budget_gb: Annotated[
         float, Opt(help="memory bound for reused keys/values; when it binds, batches are grouped by span")
+    ] = None,
+    overflow: Annotated[
+        str,
+        Opt(
+            help="over-long inputs: error (default), truncate (keep the start of long data spans), or "
+            "window (split long spans into windows, each behind its own domain tag); counts are logged"
+        ),
+    ] = None,
+    max_span_tokens: Annotated[
+        int, Opt(help="longest data span kept whole (truncate length / window size)")
     ] = None,
     enrich: Annotated[
         bool, Opt("--enrich", help="also train domain tags with the LM loss (paper ablation)")

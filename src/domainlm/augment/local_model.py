@@ -1,0 +1,95 @@
+"""A local Hugging Face causal LM answering chat messages: the in-process teacher and what `serve` serves."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from domainlm.errors import InputError
+
+
+class PromptTooLong(ValueError):
+    """The prompt leaves no room to generate within the model's context length."""
+
+
+@dataclass
+class Generation:
+    texts: list[str]
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reasons: list[str]
+
+
+class LocalChatModel:
+    """Chat over `transformers.generate`: the tokenizer's chat template when it has one, else "role: content"
+    lines ending in "assistant:". One generation runs at a time (the model is not re-entrant)."""
+
+    def __init__(self, path: str | Path, device: str | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise InputError("not a Hugging Face model directory (no config.json)", source=str(path))
+        self.path = path
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForCausalLM.from_pretrained(path).to(self.device).eval()
+        self._lock = threading.Lock()
+
+    def context_length(self) -> int | None:
+        config = self.model.config
+        return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+    def render(self, messages: list[dict]) -> tuple[str, bool]:
+        """(prompt text, whether it already carries special tokens)."""
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            ), True
+        lines = [f"{m['role']}: {m['content']}" for m in messages]
+        return "\n".join([*lines, "assistant:"]), False
+
+    def generate(
+        self,
+        messages: list[dict],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        n: int = 1,
+        seed: int | None = None,
+    ) -> Generation:
+        import torch
+
+        prompt, templated = self.render(messages)
+        encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=not templated).to(
+            self.device
+        )
+        prompt_len = encoded["input_ids"].shape[1]
+        context = self.context_length()
+        if context is not None:
+            if prompt_len >= context:
+                raise PromptTooLong(f"the prompt has {prompt_len} tokens; the model's context is {context}")
+            max_tokens = min(max_tokens, context - prompt_len)
+        sample = temperature > 0
+        eos = self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        kwargs = {"do_sample": sample, "max_new_tokens": max_tokens, "pad_token_id": pad, "eos_token_id": eos}
+        if sample:
+            kwargs.update(temperature=temperature, top_p=top_p, num_return_sequences=n)
+        with self._lock, torch.no_grad():
+            if seed is not None:
+                torch.manual_seed(seed)
+            output = self.model.generate(**encoded, **kwargs)
+        new = output[:, prompt_len:]
+        if not sample:  # greedy decoding gives one answer; n copies of it
+            new = new.repeat(n, 1)
+        texts, finish, completion_tokens = [], [], 0
+        for row in new.tolist():
+            length = row.index(eos) if eos is not None and eos in row else len(row)
+            completion_tokens += length
+            finish.append("stop" if length < max_tokens else "length")
+            texts.append(self.tokenizer.decode(row[:length], skip_special_tokens=True).strip())
+        return Generation(texts, prompt_len, completion_tokens, finish)

@@ -1,0 +1,155 @@
+"""Teachers: an OpenAI-compatible chat endpoint, or a Hugging Face model run in this process.
+
+Failures are sorted into three kinds so the pipeline can act on them: `RetryableError` (429, 5xx, timeouts,
+dropped connections, garbled responses: back off and retry), `RequestFailed` (this request will not
+succeed as sent, e.g. a 400: recorded as a reject) and `TeacherError` (the whole run cannot succeed:
+unreachable server, unknown model, refused key: stop with a clear message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Protocol
+
+from domainlm.augment.cache import Reply
+from domainlm.errors import DomainLMError, InputError
+
+
+class TeacherError(DomainLMError):
+    """The teacher cannot serve this run at all."""
+
+
+class RetryableError(Exception):
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RequestFailed(Exception):
+    """One request failed for good: refused as sent (e.g. HTTP 400), or still failing after every retry."""
+
+
+class Teacher(Protocol):
+    name: str  # identifies the teacher in cache keys and manifests (URL or hf:path), never a secret
+
+    async def complete(
+        self, messages: list[dict], *, model: str, temperature: float, max_tokens: int, seed: int
+    ) -> Reply: ...
+
+    async def close(self) -> None: ...
+
+
+class OpenAITeacher:
+    """Any OpenAI-compatible server (OpenAI, vLLM, llama.cpp, Ollama, `domainlm serve`) via `openai`.
+
+    The client's own retries are off (max_retries=0): the pipeline retries, so it can count and bound them.
+    """
+
+    def __init__(self, base_url: str, api_key: str | None, timeout: float = 120.0):
+        from openai import AsyncOpenAI
+
+        self.name = base_url.rstrip("/")
+        # Local servers need no key, but the client insists on one.
+        self._client = AsyncOpenAI(
+            base_url=self.name, api_key=api_key or "none", max_retries=0, timeout=timeout
+        )
+        self._answered = False
+
+    async def complete(self, messages, *, model, temperature, max_tokens, seed) -> Reply:
+        import openai
+
+        try:
+            response = await self._client.chat.completions.create(
+                model=model, messages=messages, temperature=temperature, max_tokens=max_tokens, seed=seed
+            )
+        except openai.APITimeoutError:
+            raise RetryableError("request timed out") from None
+        except openai.APIConnectionError as e:
+            if not self._answered:  # nothing has ever answered: a wrong URL or a server that is down
+                raise TeacherError(f"cannot connect to the teacher at {self.name} ({_cause(e)})") from None
+            raise RetryableError(f"connection error ({_cause(e)})") from None
+        except openai.APIStatusError as e:
+            self._answered = True  # reachable, even if unhappy
+            raise _status_error(e, self.name, model) from None
+        except (openai.APIResponseValidationError, ValueError) as e:
+            raise RetryableError(f"unreadable response ({type(e).__name__})") from None
+        self._answered = True
+        if not response.choices:
+            raise RetryableError("response without choices")
+        usage = response.usage
+        return Reply(
+            response.choices[0].message.content or "",
+            usage.prompt_tokens if usage else 0,
+            usage.completion_tokens if usage else 0,
+        )
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def _cause(error: BaseException) -> str:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return str(error) or type(error).__name__
+
+
+def _status_error(e, url: str, model: str) -> Exception:
+    status = e.status_code
+    body = e.body if isinstance(e.body, dict) else {}
+    message = body.get("message") or getattr(e, "message", "") or str(e)
+    if status in (401, 403):
+        # The server's message is not repeated: some echo part of the key.
+        return TeacherError(f"the teacher at {url} refused the API key (HTTP {status}); check --api-key-env")
+    if status == 404:
+        return TeacherError(
+            f"the teacher at {url} answered 404 for model {model!r}: {message} "
+            "(check --model, and that the URL ends in /v1)"
+        )
+    if status in (408, 409, 429) or status >= 500:
+        retry_after = e.response.headers.get("retry-after") if e.response is not None else None
+        try:
+            wait = float(retry_after) if retry_after else None
+        except ValueError:
+            wait = None
+        return RetryableError(f"HTTP {status}", retry_after=wait)
+    return RequestFailed(f"HTTP {status}: {message}")
+
+
+class HFTeacher:
+    """A local causal LM (`--teacher hf:PATH`), so augmentation runs with no server and no network."""
+
+    def __init__(self, path: str, device: str | None = None):
+        from domainlm.augment.local_model import LocalChatModel
+
+        self._model = LocalChatModel(path, device=device)
+        self.name = f"hf:{self._model.path.resolve()}"
+
+    async def complete(self, messages, *, model, temperature, max_tokens, seed) -> Reply:
+        from domainlm.augment.local_model import PromptTooLong
+
+        try:
+            result = await asyncio.to_thread(
+                self._model.generate, messages, max_tokens=max_tokens, temperature=temperature, seed=seed
+            )
+        except PromptTooLong as e:
+            raise RequestFailed(str(e)) from None
+        return Reply(result.texts[0], result.prompt_tokens, result.completion_tokens)
+
+    async def close(self) -> None:
+        return None
+
+
+def make_teacher(spec: str, *, api_key_env: str | None = None, timeout: float = 120.0) -> Teacher:
+    """`hf:PATH` for an in-process model, else the base URL of an OpenAI-compatible endpoint.
+
+    The key comes from the variable `api_key_env` (which must then be set), else from OPENAI_API_KEY if set;
+    local servers without a key need neither."""
+    if spec.startswith("hf:"):
+        return HFTeacher(spec[3:])
+    if not spec.startswith(("http://", "https://")):
+        raise InputError(f"teacher {spec!r} is neither an http(s) URL nor hf:PATH")
+    if api_key_env and not os.environ.get(api_key_env):
+        raise InputError(f"--api-key-env names {api_key_env}, but that environment variable is not set")
+    api_key = os.environ.get(api_key_env or "OPENAI_API_KEY")
+    return OpenAITeacher(spec, api_key, timeout=timeout)

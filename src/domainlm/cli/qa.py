@@ -1,0 +1,220 @@
+"""Domain QA data commands: `data export`, `augment` (teacher-generated data), `serve` (a local teacher)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import typer
+
+from domainlm.cli import app, console
+
+data_app = typer.Typer(help="Load data sets and write them as plain files.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+DATA_HELP = "Data directory (holds pubmedqa/ori_pqal.json); defaults to $DOMAINLM_DATA."
+
+
+def _data_dir(data: Path | None) -> Path:
+    from domainlm.errors import InputError
+
+    if data is not None:
+        return data
+    if os.environ.get("DOMAINLM_DATA"):
+        return Path(os.environ["DOMAINLM_DATA"])
+    raise InputError("no data directory: pass --data DIR or set DOMAINLM_DATA")
+
+
+@data_app.command("export")
+def export(
+    dataset: str = typer.Argument(..., help="Data set to export; only 'pubmedqa' for now."),
+    split: str = typer.Option(
+        "official", help="'official' (test_ground_truth + 10 CV folds) or 'paper' (file order)."
+    ),
+    fold: int = typer.Option(0, help="Cross-validation fold used as dev for the official split (0-9)."),
+    data: Path | None = typer.Option(None, help=DATA_HELP),
+    out: Path = typer.Option(
+        ..., help="Output directory for train.jsonl, dev.jsonl, test.jsonl and split.json."
+    ),
+) -> None:
+    """Write a data set split as train/dev/test JSONL files, one item a line with its id."""
+    from domainlm import io
+    from domainlm.errors import InputError
+    from domainlm.qa.data import load_pubmedqa, pubmedqa_files, write_qa_jsonl
+
+    if dataset != "pubmedqa":
+        raise InputError(f"unknown data set {dataset!r}; choose from ['pubmedqa']")
+    data_dir = _data_dir(data)
+    splits = load_pubmedqa(data_dir, split, fold)
+    for name, items in splits.as_dict().items():
+        write_qa_jsonl(out / f"{name}.jsonl", items)
+    counts = {name: len(items) for name, items in splits.as_dict().items()}
+    io.write_json(
+        out / "split.json",
+        {
+            "dataset": dataset,
+            "split": split,
+            "fold": fold if split == "official" else None,
+            "source": str(pubmedqa_files(data_dir)[0]),
+            "counts": counts,
+        },
+    )
+    console.print(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+def _load_for_augment(data: Path, split: str, fold: int):
+    """A train/dev/test JSONL directory when `data` holds train.jsonl, else PubMedQA with --split/--fold."""
+    from domainlm.qa.data import load_pubmedqa, load_qa_dir, pubmedqa_files
+
+    if (data / "train.jsonl").is_file():
+        info = {"source": str(data), "format": "qa-jsonl-dir"}
+        if (data / "split.json").is_file():  # written by `data export`: which split and fold this is
+            info["split"] = json.loads((data / "split.json").read_text(encoding="utf-8"))
+        return load_qa_dir(data), info
+    splits = load_pubmedqa(data, split, fold)
+    info = {
+        "source": str(pubmedqa_files(data)[0]),
+        "dataset": "pubmedqa",
+        "split": split,
+        "fold": fold if split == "official" else None,
+    }
+    return splits, info
+
+
+@app.command("augment")
+def augment(
+    mode: str = typer.Option(
+        ...,
+        help="rewrite (paraphrase each item, label kept), new (new pairs from each "
+        "item's context) or combined (both).",
+    ),
+    teacher: str = typer.Option(
+        ...,
+        help="OpenAI-compatible base URL (e.g. https://api.openai.com/v1, "
+        "http://127.0.0.1:8000/v1) or hf:PATH for an in-process Hugging Face model.",
+    ),
+    model: str | None = typer.Option(
+        None, help="Teacher model name sent with each request (required for URLs)."
+    ),
+    data: Path | None = typer.Option(
+        None,
+        help="A directory with train/dev/test.jsonl (e.g. `data export` "
+        "output), or the PubMedQA data directory; defaults to $DOMAINLM_DATA.",
+    ),
+    split: str = typer.Option("official", help="PubMedQA split when --data is the PubMedQA directory."),
+    fold: int = typer.Option(0, help="PubMedQA official-split fold used as dev (0-9)."),
+    out: Path = typer.Option(
+        ..., help="Output directory: train/dev/test/rejects JSONL, manifest.json, cache."
+    ),
+    n: int = typer.Option(1, help="Samples per training item and mode."),
+    limit: int | None = typer.Option(None, help="Augment only the first N training items (a trial run)."),
+    concurrency: int = typer.Option(8, help="Requests in flight at once."),
+    rpm: float | None = typer.Option(None, help="Requests-per-minute limit (none by default)."),
+    api_key_env: str | None = typer.Option(
+        None,
+        help="Environment variable holding the API key "
+        "(default: OPENAI_API_KEY if set). The key is never logged.",
+    ),
+    temperature: float = typer.Option(0.7, help="Sampling temperature of the teacher."),
+    max_tokens: int = typer.Option(512, help="Most tokens per teacher reply."),
+    seed: int = typer.Option(0, help="Base seed; sample k is requested with seed + k."),
+    prompt_dir: Path | None = typer.Option(
+        None, help="Directory with rewrite.txt / new.txt templates overriding the packaged ones."
+    ),
+    originals: bool = typer.Option(
+        True, "--originals/--no-originals", help="Start train.jsonl with the original training items."
+    ),
+    max_retries: int = typer.Option(
+        5, help="Retries per request on 429, 5xx, timeouts and dropped connections."
+    ),
+    backoff: float = typer.Option(
+        1.0, help="Seconds before the first retry; doubles each retry, with jitter."
+    ),
+    timeout: float = typer.Option(120.0, help="Seconds before a request counts as timed out."),
+    cache: Path | None = typer.Option(None, help="Reply cache (SQLite); default OUT/cache.sqlite."),
+    price_in: float | None = typer.Option(None, help="USD per million prompt tokens (overrides the table)."),
+    price_out: float | None = typer.Option(
+        None, help="USD per million completion tokens (overrides the table)."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Generate training data with a teacher LLM; every reply is cached, so reruns resume and cost nothing."""
+    from domainlm.augment import AugmentConfig, make_teacher, run_augment
+    from domainlm.errors import DomainLMError, InputError
+
+    data_dir = _data_dir(data)
+    if out.resolve() == data_dir.resolve():
+        raise InputError("--out must differ from --data (the input files would be overwritten)")
+    if model is None:
+        if not teacher.startswith("hf:"):
+            raise InputError("--model is required for a teacher URL")
+        model = Path(teacher[3:]).name
+    config = AugmentConfig(
+        mode=mode,
+        model=model,
+        n=n,
+        limit=limit,
+        concurrency=concurrency,
+        rpm=rpm,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        seed=seed,
+        max_retries=max_retries,
+        backoff=backoff,
+        include_originals=originals,
+        prompt_dir=str(prompt_dir) if prompt_dir else None,
+        price_in=price_in,
+        price_out=price_out,
+    )
+    splits, data_info = _load_for_augment(data_dir, split, fold)
+    manifest = run_augment(
+        splits,
+        make_teacher(teacher, api_key_env=api_key_env, timeout=timeout),
+        config,
+        out,
+        cache_path=cache,
+        data_info=data_info,
+        show_progress=progress,
+    )
+    counts, usage, cost = (
+        manifest["counts"],
+        manifest["usage_this_run"],
+        manifest["cost"]["estimated_usd_this_run"],
+    )
+    rejects = ", ".join(f"{k} {v}" for k, v in manifest["rejects_by_reason"].items() if v) or "none"
+    console.print(
+        f"wrote {out}: train {counts['train_total']} ({counts['train_originals']} original, "
+        f"generated {counts['generated']}); rejects: {rejects}; requests {counts['requests_sent']} "
+        f"(retries {counts['retries']}, cached {counts['replies_from_cache']}); tokens this run "
+        f"{usage['prompt_tokens']:,} in / {usage['completion_tokens']:,} out"
+        + (f", about ${cost:.4f}" if cost is not None else "")
+    )
+    if counts["failed_requests"]:
+        raise DomainLMError(
+            f"{counts['failed_requests']} request(s) failed (rejects.jsonl says why); the outputs were "
+            "written without them. Rerun the same command to retry only those."
+        )
+
+
+@app.command("serve")
+def serve_command(
+    model: Path = typer.Option(..., help="Local Hugging Face causal LM directory to serve."),
+    port: int = typer.Option(8000, help="TCP port."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Interface to bind; 0.0.0.0 exposes the server to the network."
+    ),
+    api_key_env: str | None = typer.Option(
+        None,
+        help="Environment variable holding the key that clients must "
+        "send as a Bearer token (no key required when unset).",
+    ),
+    model_name: str | None = typer.Option(
+        None, help="Model id clients must request (default: the directory name)."
+    ),
+    device: str | None = typer.Option(None, help="torch device (default: cuda when available, else cpu)."),
+) -> None:
+    """Serve a local model as an OpenAI-compatible endpoint (/v1/chat/completions, /v1/models)."""
+    from domainlm.serve import serve
+
+    serve(model, host=host, port=port, api_key_env=api_key_env, model_name=model_name, device=device)

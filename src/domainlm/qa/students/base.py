@@ -1,0 +1,111 @@
+"""What every student method provides, and the registry that maps method names to them."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from domainlm.errors import DomainLMError, InputError
+
+# Modules whose import registers methods; imported on the first lookup so the CLI stays light.
+_METHOD_MODULES = ("domainlm.qa.students.generative", "domainlm.qa.students.classifier")
+_REGISTRY: dict[str, type[Student]] = {}
+
+
+def register_method(name: str):
+    """Class decorator: make a Student subclass available as `--method name`."""
+
+    def add(cls):
+        if name in _REGISTRY:
+            raise DomainLMError(f"student method {name!r} is already registered")
+        cls.method = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return add
+
+
+def _load_methods() -> None:
+    for module in _METHOD_MODULES:
+        importlib.import_module(module)
+
+
+def method_names() -> list[str]:
+    _load_methods()
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> type[Student]:
+    _load_methods()
+    if name not in _REGISTRY:
+        raise InputError(f"unknown method {name!r}; choose from {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+@dataclass
+class Encoded:
+    """One example as token ids (`features`), and whether its context had to be cut."""
+
+    features: dict[str, Any]
+    truncated: bool
+
+
+@dataclass
+class Prediction:
+    id: str
+    label: str  # the gold label
+    predicted: str
+    matched: bool = True  # generative students: False when the answer phrase was not found (a parse failure)
+    text: str | None = None  # generative students: what the model wrote
+
+
+class Student:
+    """A frozen base model plus trainable adapter weights, able to train on and answer QA items.
+
+    Subclasses set `kind` ("generative" writes an answer sentence, "classifier" picks one of three labels) and
+    implement building, encoding, loss, prediction and saving."""
+
+    method: ClassVar[str]
+    kind: ClassVar[str]
+
+    def __init__(self, config, model, tokenizer, device):
+        self.config = config
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+
+    @classmethod
+    def build(cls, config) -> Student:
+        """The base model with freshly initialised adapters."""
+        raise NotImplementedError
+
+    def encode(self, item, *, train: bool) -> Encoded:
+        """Token ids for training (`train=True`, with the target) or for prediction."""
+        raise NotImplementedError
+
+    def collate(self, features: list[dict]) -> dict:
+        raise NotImplementedError
+
+    def loss(self, batch: dict):
+        raise NotImplementedError
+
+    def predict(self, items, decoding=None) -> list[Prediction]:
+        raise NotImplementedError
+
+    def save(self, directory: Path) -> None:
+        """Write only the trained weights (and their config) into `directory`."""
+        raise NotImplementedError
+
+    def load_weights(self, directory: Path) -> None:
+        """Load weights written by `save` into this student."""
+        raise NotImplementedError
+
+    def trainable_parameters(self) -> list:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def parameter_counts(self) -> dict[str, int]:
+        trainable = sum(p.numel() for p in self.trainable_parameters())
+        total = sum(p.numel() for p in self.model.parameters())
+        return {"trainable": trainable, "total": total}

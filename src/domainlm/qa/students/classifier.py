@@ -1,0 +1,159 @@
+"""Classification students: the same question + context, answered by a 3-way head instead of generated text,
+so an encoder such as the packaged MiniLM can be a student. `seqcls-lora` puts LoRA on a sequence-
+classification model (head trained in full); `tag` reads a learned function tag through the tag engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from domainlm.qa.data import LABELS
+from domainlm.qa.students import models
+from domainlm.qa.students.base import Encoded, Prediction, Student, register_method
+from domainlm.qa.students.generative import load_adapter
+from domainlm.qa.students.prompts import fit_prompt
+
+LABEL_INDEX = {label: i for i, label in enumerate(LABELS)}
+
+
+class ClassifierStudent(Student):
+    kind = "classifier"
+    reserved_tokens = 0  # input positions the method adds itself (e.g. tag vectors)
+
+    def _text(self, item) -> tuple[str, bool]:
+        fitted = fit_prompt(self.tokenizer, item, self.config.max_length - self.reserved_tokens)
+        return fitted.text, fitted.truncated
+
+    def logits(self, batch: dict):
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, items, decoding=None) -> list[Prediction]:
+        self.model.eval()
+        predictions = []
+        size = self.config.eval_batch_size
+        for start in range(0, len(items), size):
+            chunk = items[start : start + size]
+            batch = self.collate([self.encode(item, train=False).features for item in chunk])
+            for item, index in zip(chunk, self.logits(batch).argmax(-1).tolist(), strict=True):
+                predictions.append(Prediction(item.id, item.label, LABELS[index]))
+        return predictions
+
+
+@register_method("seqcls-lora")
+class SeqClsLoraStudent(ClassifierStudent):
+    """AutoModelForSequenceClassification (3 labels) with LoRA on the attention projections."""
+
+    @classmethod
+    def build(cls, config) -> SeqClsLoraStudent:
+        from peft import LoraConfig, TaskType, get_peft_model
+        from transformers import AutoModelForSequenceClassification
+
+        path = models.resolve_model(config.model)
+        base_config = models.load_config(path)
+        tokenizer = models.load_tokenizer(path)
+        device = models.pick_device(config.device)
+        torch.manual_seed(config.seed)  # head and adapter initialisation
+        base = models.load_model(
+            path,
+            AutoModelForSequenceClassification,
+            num_labels=len(LABELS),
+            id2label=dict(enumerate(LABELS)),
+            label2id=LABEL_INDEX,
+        )
+        if base.config.pad_token_id is None:
+            base.config.pad_token_id = tokenizer.pad_token_id  # decoders pick the last non-pad token
+        # SEQ_CLS makes peft keep the new classification head fully trainable (and saved with the adapter).
+        lora = LoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=config.lora_rank,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=models.lora_targets(base_config, config.target_modules),
+        )
+        return cls(config, get_peft_model(base, lora).to(device), tokenizer, device)
+
+    def encode(self, item, *, train: bool) -> Encoded:
+        text, truncated = self._text(item)
+        features = dict(self.tokenizer(text, truncation=True, max_length=self.config.max_length))
+        features.pop("offset_mapping", None)
+        if train:
+            features["labels"] = LABEL_INDEX[item.label]
+        return Encoded(features, truncated)
+
+    def collate(self, features: list[dict]) -> dict:
+        return models.pad_batch(features, self.tokenizer.pad_token_id)
+
+    def loss(self, batch: dict):
+        return self.model(**{k: v.to(self.device) for k, v in batch.items()}).loss
+
+    def logits(self, batch: dict):
+        batch = {k: v.to(self.device) for k, v in batch.items() if k != "labels"}
+        return self.model(**batch).logits
+
+    def save(self, directory: Path) -> None:
+        self.model.save_pretrained(directory)
+
+    def load_weights(self, directory: Path) -> None:
+        load_adapter(self.model, directory)
+
+
+@register_method("tag")
+class TagStudent(ClassifierStudent):
+    """Tag-LLM's answer to the same task: a function tag <PubMedQA> at the end of the input, its 3-way head read
+    at the tag's last position; the base model is frozen and has no adapter, only tag vectors and head train."""
+
+    TAG = "PubMedQA"
+
+    @property
+    def reserved_tokens(self) -> int:
+        return self.config.tag_length + 2  # the tag's vectors, plus slack for tokens merging at the cut
+
+    @classmethod
+    def build(cls, config) -> TagStudent:
+        from domainlm.model import TaggedModel
+
+        path = models.resolve_model(config.model)
+        models.load_config(path)  # the same clear error as the other methods for a model that is not there
+        device = models.pick_device(config.device)
+        torch.manual_seed(config.seed)  # head initialisation
+        tagged = TaggedModel.from_pretrained(path)
+        tagged.add_tag(cls.TAG, kind="function", length=config.tag_length, head="classification",
+                       classes=list(LABELS))
+        return cls(config, tagged.to(device), tagged.tokenizer, device)
+
+    def encode(self, item, *, train: bool) -> Encoded:
+        text, truncated = self._text(item)
+        features = {"text": f"{text} <{self.TAG}>"}
+        if train:
+            features["labels"] = LABEL_INDEX[item.label]
+        return Encoded(features, truncated)
+
+    def collate(self, features: list[dict]) -> dict:
+        labels = [f["labels"] for f in features] if "labels" in features[0] else None
+        return self.model.encode([f["text"] for f in features], labels=labels)
+
+    def _forward(self, batch: dict):
+        return self.model(**{k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()})
+
+    def loss(self, batch: dict):
+        return self._forward(batch).loss
+
+    def logits(self, batch: dict):
+        return self._forward(batch).predictions
+
+    def save(self, directory: Path) -> None:
+        self.model.save_tags(Path(directory) / "tags", [self.TAG])
+
+    def load_weights(self, directory: Path) -> None:
+        """Copy saved tag vectors and head weights into this model's own parameters (in place, so an optimizer
+        holding them keeps working when a run resumes)."""
+        from domainlm.library import TagLibrary
+
+        library = TagLibrary.load(Path(directory) / "tags")
+        library.check_compatible(self.model.fingerprint(), self.model.hidden_size, self.model.name)
+        parts = library.tensors_for(self.TAG)
+        with torch.no_grad():
+            self.model.tag_vectors[self.TAG].copy_(parts.pop("tag"))
+        self.model.heads[self.TAG].load_state_dict(parts)

@@ -1,0 +1,157 @@
+"""One table of student runs (student x augmentation x method) beside the majority class and published figures."""
+
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+
+import yaml
+
+from domainlm import io
+from domainlm.errors import InputError
+from domainlm.qa.students.anchors import PUBLISHED, SOURCE
+
+AUGMENTATION_ORDER = ("none", "rewrite", "new", "combined")
+COLUMNS = (
+    "kind",
+    "student",
+    "method",
+    "augmentation",
+    "teacher",
+    "data",
+    "decoding",
+    "accuracy",
+    "macro_f1",
+    "parse_failures",
+    "dev_accuracy",
+    "trainable_parameters",
+    "run",
+)
+
+
+def find_runs(patterns: list[str]) -> list[Path]:
+    """Run directories named directly, by glob, or as the children of a folder of runs."""
+    found: list[Path] = []
+    for pattern in patterns:
+        matches = [Path(p) for p in sorted(glob.glob(pattern))] or [Path(pattern)]
+        for path in matches:
+            if (path / "config.yaml").is_file():
+                found.append(path)
+            elif path.is_dir():
+                found.extend(sorted(p.parent for p in path.glob("*/config.yaml")))
+            else:
+                raise InputError("no such run directory", source=str(path))
+    if not found:
+        raise InputError(f"no student runs (folders with config.yaml) found in {patterns}")
+    return list(dict.fromkeys(found))
+
+
+def run_row(path: Path) -> dict | None:
+    """The table row of one finished run; None when it has no metrics yet."""
+    if not (path / "metrics.json").is_file():
+        return None
+    config = yaml.safe_load((path / "config.yaml").read_text())
+    report = json.loads((path / "metrics.json").read_text())
+    test, dev = report["splits"].get("test", {}), report["splits"].get("dev", {})
+    resolved = config.get("resolved", {})
+    data = resolved.get("data", {})
+    return {
+        "kind": "ours",
+        "student": _student_name(config["model"]),
+        "method": config["method"],
+        "augmentation": data.get("augmentation", "none"),
+        "teacher": data.get("teacher"),
+        "data": data_name(config["data"], data),
+        "decoding": report.get("decoding") or "-",
+        "accuracy": test.get("accuracy"),
+        "macro_f1": test.get("macro_f1"),
+        "parse_failures": test.get("parse_failures"),
+        "dev_accuracy": dev.get("accuracy"),
+        "trainable_parameters": resolved.get("parameters", {}).get("trainable"),
+        "run": str(path),
+        "_majority": report.get("majority", {}).get("test"),
+    }
+
+
+def data_name(path: str, info: dict) -> str:
+    """ "official test" / "paper test" when the split is known (so rows line up with the published figures),
+    else the data directory's name."""
+    return f"{info['split']} test" if info.get("split") else Path(path).name
+
+
+def _student_name(model: str) -> str:
+    return Path(model).name if "/" in model and Path(model).exists() else model
+
+
+def compare_runs(patterns: list[str], out: str | Path) -> list[dict]:
+    """Write compare.json and compare.md into `out`; returns the rows (ours, majority baselines, published)."""
+    runs = find_runs(patterns)
+    ours = [row for row in map(run_row, runs) if row is not None]
+    if not ours:
+        raise InputError(f"none of the {len(runs)} run(s) has metrics.json yet")
+    ours.sort(key=lambda r: (r["student"], _aug_rank(r["augmentation"]), r["method"], r["data"]))
+    baselines = {}
+    for row in ours:
+        majority = row.pop("_majority")
+        if majority and row["data"] not in baselines:
+            baselines[row["data"]] = {
+                "kind": "baseline",
+                "student": f"majority class ({majority['label']})",
+                "data": row["data"],
+                "accuracy": majority["accuracy"],
+                "macro_f1": majority["macro_f1"],
+            }
+    published = [
+        {
+            "kind": "published",
+            "student": a["system"],
+            "data": a["split"],
+            "accuracy": a["accuracy"],
+            "macro_f1": a["macro_f1"],
+        }
+        for a in PUBLISHED
+    ]
+    rows = [{c: r.get(c) for c in COLUMNS} for r in [*ours, *baselines.values(), *published]]
+    out = Path(out)
+    io.write_json(out / "compare.json", {"rows": rows, "published_source": SOURCE})
+    io.write_text(out / "compare.md", markdown(rows))
+    return rows
+
+
+def _aug_rank(name: str) -> int:
+    return AUGMENTATION_ORDER.index(name) if name in AUGMENTATION_ORDER else len(AUGMENTATION_ORDER)
+
+
+def markdown(rows: list[dict]) -> str:
+    header = (
+        "| | student | method | augmentation | teacher | data | decoding | test accuracy | test macro-F1 | "
+        "parse failures | dev accuracy | trainable params |"
+    )
+    lines = ["# PubMedQA students", "", header, "|" + "---|" * 12]
+    for r in rows:
+        cells = [
+            r["kind"],
+            r["student"],
+            r["method"],
+            r["augmentation"],
+            r["teacher"],
+            r["data"],
+            r["decoding"],
+            _num(r["accuracy"]),
+            _num(r["macro_f1"]),
+            r["parse_failures"],
+            _num(r["dev_accuracy"]),
+            f"{r['trainable_parameters']:,}" if r["trainable_parameters"] else None,
+        ]
+        lines.append("| " + " | ".join("-" if c is None else str(c) for c in cells) + " |")
+    lines += [
+        "",
+        f"Published figures: {SOURCE}. 'paper test' is the Dr. LLaMA split (file items 500-999), not "
+        "the official test set.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _num(value) -> str | None:
+    return None if value is None else f"{value:.3f}"

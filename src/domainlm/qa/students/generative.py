@@ -1,0 +1,159 @@
+"""Generative students: a causal LM with LoRA or prefix tuning (peft) learns to write the answer sentence.
+
+The input is the prompt (question + context) followed by the target (long answer, then "the answer to the
+question given the context is {label}."); the loss covers only the target tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from domainlm.errors import InputError
+from domainlm.qa.students import models
+from domainlm.qa.students.answers import answer_sentence, parse_answer
+from domainlm.qa.students.base import Encoded, Prediction, Student, register_method
+from domainlm.qa.students.config import Decoding
+from domainlm.qa.students.prompts import fit_prompt
+
+
+class GenerativeStudent(Student):
+    kind = "generative"
+
+    def peft_config(self, base_config):
+        raise NotImplementedError
+
+    @classmethod
+    def build(cls, config) -> GenerativeStudent:
+        from peft import get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        path = models.resolve_model(config.model)
+        base_config = models.load_config(path)
+        if models.is_encoder_only(base_config):
+            raise InputError(
+                f"{config.model} is an encoder ({base_config.model_type}) and cannot write answers; use "
+                "--method seqcls-lora or --method tag for it",
+                source=config.model,
+            )
+        tokenizer = models.load_tokenizer(path)
+        device = models.pick_device(config.device)
+        torch.manual_seed(config.seed)  # adapter initialisation
+        base = models.load_model(path, AutoModelForCausalLM)
+        student = cls(config, None, tokenizer, device)
+        # get_peft_model freezes every base weight; only the adapter's parameters train.
+        student.model = get_peft_model(base, student.peft_config(base_config)).to(device)
+        return student
+
+    def _prompt_ids(self, item) -> tuple[list[int], bool]:
+        budget = self.config.max_length - self.config.max_answer_tokens
+        fitted = fit_prompt(self.tokenizer, item, budget)
+        ids = self.tokenizer(fitted.text, truncation=True, max_length=budget)["input_ids"]
+        return ids, fitted.truncated
+
+    def _target_ids(self, item) -> list[int]:
+        """Long answer (cut if needed) + answer sentence + EOS: the sentence always survives the cut."""
+        encode = self.tokenizer
+        sentence = encode(" " + answer_sentence(item.label), add_special_tokens=False)["input_ids"]
+        eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        room = max(0, self.config.max_answer_tokens - len(sentence) - len(eos))
+        long = (
+            encode(" " + item.long_answer, add_special_tokens=False)["input_ids"] if item.long_answer else []
+        )
+        return long[:room] + sentence + eos
+
+    def encode(self, item, *, train: bool) -> Encoded:
+        prompt, truncated = self._prompt_ids(item)
+        if not train:
+            return Encoded({"input_ids": prompt}, truncated)
+        target = self._target_ids(item)
+        return Encoded({"input_ids": prompt + target, "labels": [-100] * len(prompt) + target}, truncated)
+
+    def collate(self, features: list[dict], side: str = "right") -> dict:
+        return models.pad_batch(features, self.tokenizer.pad_token_id, side=side)
+
+    def loss(self, batch: dict):
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        return self.model(**batch).loss
+
+    @torch.no_grad()
+    def generate(self, items, decoding: Decoding | None = None) -> list[str]:
+        """The text each item's answer continues with (prompt removed, special tokens dropped)."""
+        decoding = decoding or Decoding.greedy()
+        self.model.eval()
+        texts = []
+        size = self.config.eval_batch_size
+        for start in range(0, len(items), size):
+            chunk = items[start : start + size]
+            batch = self.collate([self.encode(item, train=False).features for item in chunk], side="left")
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            out = self.model.generate(
+                **batch,
+                max_new_tokens=self.config.max_answer_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+                **decoding.generate_kwargs(),
+            )
+            new_tokens = out[:, batch["input_ids"].shape[1] :]
+            texts.extend(self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        return texts
+
+    def predict(self, items, decoding: Decoding | None = None) -> list[Prediction]:
+        predictions = []
+        for item, text in zip(items, self.generate(items, decoding), strict=True):
+            parsed = parse_answer(text)
+            predictions.append(Prediction(item.id, item.label, parsed.label, parsed.matched, text))
+        return predictions
+
+    def save(self, directory: Path) -> None:
+        self.model.save_pretrained(directory)
+
+    def load_weights(self, directory: Path) -> None:
+        load_adapter(self.model, directory)
+
+
+def load_adapter(model, directory: Path) -> None:
+    """Put adapter weights saved by peft's save_pretrained into an already wrapped model."""
+    from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+    if not (Path(directory) / "adapter_config.json").is_file():
+        raise InputError("no adapter found (adapter_config.json missing)", source=str(directory))
+    try:
+        result = set_peft_model_state_dict(model, load_peft_weights(str(directory), device="cpu"))
+    except RuntimeError as e:  # shape mismatch: an adapter for another model or rank
+        raise InputError(
+            f"the adapter does not fit this model: {str(e).splitlines()[0]}", source=str(directory)
+        ) from None
+    # Prompt-learning weights load through the prompt encoder and show up as "unexpected" here.
+    unexpected = [k for k in result.unexpected_keys if k != "prompt_embeddings"]
+    if unexpected:
+        raise InputError(
+            f"the adapter does not fit this model: unexpected weights {unexpected[:3]}", source=str(directory)
+        )
+
+
+@register_method("lora")
+class LoraStudent(GenerativeStudent):
+    """LoRA on the attention projections (the paper: rank 4, alpha swept 16..512, q/k/v/o)."""
+
+    def peft_config(self, base_config):
+        from peft import LoraConfig, TaskType
+
+        return LoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=self.config.lora_rank,
+            lora_alpha=self.config.lora_alpha,
+            lora_dropout=self.config.lora_dropout,
+            target_modules=models.lora_targets(base_config, self.config.target_modules),
+        )
+
+
+@register_method("prefix")
+class PrefixStudent(GenerativeStudent):
+    """Prefix tuning: n trained key/value vectors per layer in front of every input."""
+
+    def peft_config(self, base_config):
+        from peft import PrefixTuningConfig, TaskType
+
+        return PrefixTuningConfig(
+            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=self.config.num_virtual_tokens
+        )

@@ -1,0 +1,106 @@
+"""`domainlm serve` answers the real openai client and enforces its key; augment runs over it and locally."""
+
+import socket
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import torch
+import uvicorn
+
+from domainlm.augment import AugmentConfig, HFTeacher, make_teacher, run_augment
+from domainlm.augment.local_model import LocalChatModel
+from domainlm.qa import QAItem, QASplits
+from domainlm.serve import create_app
+from domainlm.testing import tiny_model
+
+KEY = "sk-test-0123456789"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny matrices gain nothing from threads, and on a busy 2-core machine the thread pool's spinning
+    makes each generated token ~100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model, tokenizer = tiny_model("llama")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    """The app on a free loopback port, with a required API key."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(LocalChatModel(model_dir, device="cpu"), "tiny", api_key=KEY)
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uv.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}/v1"
+    uv.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_openai_client_chat_and_models(server):
+    client = openai.OpenAI(base_url=server, api_key=KEY, max_retries=0)
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    messages = [{"role": "user", "content": "is the answer yes or no"}]
+    response = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, n=2, seed=3)
+    assert len(response.choices) == 2 and all(isinstance(c.message.content, str) for c in response.choices)
+    assert response.usage.prompt_tokens > 5 and 0 < response.usage.completion_tokens <= 12
+    again = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, n=2, seed=3)
+    assert [c.message.content for c in again.choices] == [c.message.content for c in response.choices]
+    greedy = client.chat.completions.create(model="tiny", messages=messages, max_tokens=4, temperature=0)
+    assert greedy.usage.completion_tokens <= 4 and greedy.choices[0].finish_reason in {"stop", "length"}
+
+
+def test_keys_and_errors(server):
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server, api_key="sk-wrong", max_retries=0).models.list()
+    assert httpx.get(f"{server}/models").status_code == 401  # no Authorization header at all
+    client = openai.OpenAI(base_url=server, api_key=KEY, max_retries=0)
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], n=0)
+    with pytest.raises(openai.BadRequestError, match="context is 2048"):
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "the " * 3000}])
+
+
+def splits():
+    items = [QAItem(f"q{k}", f"is the drug {k} safe", "the molecule is", "yes", "yes") for k in range(2)]
+    return QASplits(items, [QAItem("d", "q", "c", "no")], [QAItem("t", "q", "c", "no")])
+
+
+def test_augment_through_serve_and_in_process(server, model_dir, tmp_path, monkeypatch):
+    """A tiny random model writes garbage, so replies end as rejects; the plumbing is what is tested."""
+    monkeypatch.setenv("DOMAINLM_TEST_KEY", KEY)
+    teacher = make_teacher(server, api_key_env="DOMAINLM_TEST_KEY")
+    config = AugmentConfig("rewrite", "tiny", n=2, max_tokens=8, concurrency=2)
+    over_http = run_augment(splits(), teacher, config, tmp_path / "http", show_progress=False)
+    assert over_http["counts"]["requests_sent"] == 4 and over_http["usage"]["completion_tokens"] > 0
+    assert (
+        over_http["rejects_by_reason"]["unparseable"] + over_http["counts"]["generated"].get("rewrite", 0)
+        == 4
+    )
+    assert KEY not in (tmp_path / "http" / "manifest.json").read_text()
+
+    local = run_augment(splits(), HFTeacher(str(model_dir)), config, tmp_path / "local", show_progress=False)
+    assert local["teacher"].startswith("hf:") and local["counts"]["requests_sent"] == 4
+    assert local["cost"]["estimated_usd"] == 0.0
+    assert sum(local["rejects_by_reason"].values()) + local["counts"]["generated"].get("rewrite", 0) == 4
