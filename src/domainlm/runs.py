@@ -29,6 +29,10 @@ class RunDirectory:
                 f"{self.path} holds an unfinished run ({status}); pass --resume to continue it "
                 "or --overwrite to start again"
             )
+        if overwrite and status is not None:
+            import shutil
+
+            shutil.rmtree(self.path)  # only ever a former run directory (it has a status file)
         self.path.mkdir(parents=True, exist_ok=True)
         self.started = time.time()
         self._set_status("running")
