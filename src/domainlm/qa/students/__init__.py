@@ -1,5 +1,5 @@
-"""Student models for domain QA (Dr. LLaMA): generative students (LoRA, prefix tuning on a causal LM) that write
-"the answer to the question given the context is {label}.", and classification students (sequence
+"""Student models for domain QA (Dr. LLaMA): generative students (LoRA, prefix tuning on a causal LM) that
+write "the answer to the question given the context is {label}.", and classification students (sequence
 classification + LoRA, or a function tag) for encoders; training, evaluation and comparison tables."""
 
 from domainlm.qa.students.answers import ANSWER_PHRASE, ParsedAnswer, answer_sentence, parse_answer

@@ -52,6 +52,7 @@ class SeqClsLoraStudent(ClassifierStudent):
 
         path = models.resolve_model(config.model)
         base_config = models.load_config(path)
+        models.check_length(base_config, config.max_length, config.model)
         tokenizer = models.load_tokenizer(path)
         device = models.pick_device(config.device)
         torch.manual_seed(config.seed)  # head and adapter initialisation
@@ -101,8 +102,9 @@ class SeqClsLoraStudent(ClassifierStudent):
 
 @register_method("tag")
 class TagStudent(ClassifierStudent):
-    """Tag-LLM's answer to the same task: a function tag <PubMedQA> at the end of the input, its 3-way head read
-    at the tag's last position; the base model is frozen and has no adapter, only tag vectors and head train."""
+    """Tag-LLM's answer to the same task: a function tag <PubMedQA> at the end of the input, its 3-way head
+    read at the tag's last position; the base model is frozen and has no adapter, only tag vectors and head
+    train."""
 
     TAG = "PubMedQA"
 
@@ -115,12 +117,14 @@ class TagStudent(ClassifierStudent):
         from domainlm.model import TaggedModel
 
         path = models.resolve_model(config.model)
-        models.load_config(path)  # the same clear error as the other methods for a model that is not there
+        # The same clear errors as the other methods for a missing model or an over-long --max-length.
+        models.check_length(models.load_config(path), config.max_length, config.model)
         device = models.pick_device(config.device)
         torch.manual_seed(config.seed)  # head initialisation
         tagged = TaggedModel.from_pretrained(path)
-        tagged.add_tag(cls.TAG, kind="function", length=config.tag_length, head="classification",
-                       classes=list(LABELS))
+        tagged.add_tag(
+            cls.TAG, kind="function", length=config.tag_length, head="classification", classes=list(LABELS)
+        )
         return cls(config, tagged.to(device), tagged.tokenizer, device)
 
     def encode(self, item, *, train: bool) -> Encoded:

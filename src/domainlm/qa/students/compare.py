@@ -1,4 +1,5 @@
-"""One table of student runs (student x augmentation x method) beside the majority class and published figures."""
+"""One table of student runs (student x augmentation x method) beside the majority class and published
+figures."""
 
 from __future__ import annotations
 
@@ -85,7 +86,8 @@ def _student_name(model: str) -> str:
 
 
 def compare_runs(patterns: list[str], out: str | Path) -> list[dict]:
-    """Write compare.json and compare.md into `out`; returns the rows (ours, majority baselines, published)."""
+    """Write compare.json and compare.md into `out`; returns the rows (ours, majority baselines,
+    published)."""
     runs = find_runs(patterns)
     ours = [row for row in map(run_row, runs) if row is not None]
     if not ours:

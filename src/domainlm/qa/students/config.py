@@ -100,7 +100,8 @@ def help_text(name: str) -> str:
 @dataclass(frozen=True)
 class Decoding:
     """How a generative student writes its answer. The paper: beam search 5, repetition penalty 2.0,
-    temperature 0.8; temperature only acts when sampling."""
+    temperature 0.8. Temperature only acts when sampling; transformers' repetition penalty also counts the
+    prompt's tokens, so it works against repeating words of the question in the answer sentence."""
 
     num_beams: int = 5
     repetition_penalty: float = 2.0

@@ -37,7 +37,8 @@ def majority_baseline(train_items, items) -> dict:
 
 
 def write_report(directory: Path, report: dict, predictions: dict[str, list[Prediction]], title: str) -> None:
-    """`report["splits"]` maps split -> score(); every split also gets a confusion plot and predictions file."""
+    """`report["splits"]` maps split -> score(); every split also gets a confusion plot and a predictions
+    file."""
     directory = Path(directory)
     io.write_json(directory / "metrics.json", report)
     io.write_text(directory / "metrics.md", markdown(report, title))

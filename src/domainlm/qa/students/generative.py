@@ -30,6 +30,7 @@ class GenerativeStudent(Student):
 
         path = models.resolve_model(config.model)
         base_config = models.load_config(path)
+        models.check_length(base_config, config.max_length, config.model)
         if models.is_encoder_only(base_config):
             raise InputError(
                 f"{config.model} is an encoder ({base_config.model_type}) and cannot write answers; use "
@@ -53,14 +54,14 @@ class GenerativeStudent(Student):
 
     def _target_ids(self, item) -> list[int]:
         """Long answer (cut if needed) + answer sentence + EOS: the sentence always survives the cut."""
-        encode = self.tokenizer
-        sentence = encode(" " + answer_sentence(item.label), add_special_tokens=False)["input_ids"]
+        sentence = self._ids(" " + answer_sentence(item.label))
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         room = max(0, self.config.max_answer_tokens - len(sentence) - len(eos))
-        long = (
-            encode(" " + item.long_answer, add_special_tokens=False)["input_ids"] if item.long_answer else []
-        )
+        long = self._ids(" " + item.long_answer) if item.long_answer else []
         return long[:room] + sentence + eos
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def encode(self, item, *, train: bool) -> Encoded:
         prompt, truncated = self._prompt_ids(item)

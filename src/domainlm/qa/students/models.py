@@ -79,6 +79,15 @@ def _loading(path: str, fn, *args, **kw):
         ) from None
 
 
+def check_length(config, max_length: int, model: str) -> None:
+    """Refuse a --max-length beyond the model's position table rather than fail mid-run on an index error."""
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if limit and max_length > limit:
+        raise InputError(
+            f"--max-length {max_length} exceeds the {limit} positions {model} takes", source=model
+        )
+
+
 def is_encoder_only(config) -> bool:
     """Encoders such as BERT/MiniLM can be classification students but cannot write answers."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
@@ -87,11 +96,17 @@ def is_encoder_only(config) -> bool:
 
 
 def lora_targets(config, override: list[str] | None):
-    """The LoRA target modules for this model: the override, the family's attention projections, or (None)
-    peft's default for the model type."""
-    if override:
-        return override
-    return ATTENTION_PROJECTIONS.get(config.model_type)
+    """The LoRA target modules for this model: the override, the family's attention projections, or peft's
+    default for the model type."""
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+    targets = override or ATTENTION_PROJECTIONS.get(config.model_type) or PEFT_DEFAULTS.get(config.model_type)
+    if not targets:
+        raise InputError(
+            f"no known attention projections for model type {config.model_type!r}; name them with "
+            "--target-modules (e.g. q_proj,k_proj,v_proj,o_proj)"
+        )
+    return targets
 
 
 def pick_device(name: str) -> str:

@@ -27,13 +27,15 @@ def target_text(item: QAItem) -> str:
 
 
 def fit_prompt(tokenizer, item: QAItem, max_tokens: int) -> FittedPrompt:
-    """The prompt for `item` in at most `max_tokens` tokens (special tokens included), cutting the context at a
-    token boundary. Character offsets keep the kept context exactly as written; a retry absorbs the odd token
-    that merges across the cut."""
+    """The prompt for `item` in at most `max_tokens` tokens (special tokens included), cutting the context
+    at a token boundary. Character offsets keep the kept context exactly as written; a retry absorbs the odd
+    token that merges across the cut."""
     full = prompt_text(item.question, item.context)
     if _length(tokenizer, full) <= max_tokens:
         return FittedPrompt(full, False)
-    context_tokens = tokenizer(item.context, add_special_tokens=False, return_offsets_mapping=True)
+    context_tokens = tokenizer(
+        item.context, add_special_tokens=False, return_offsets_mapping=True, verbose=False
+    )
     offsets = context_tokens["offset_mapping"]
     budget = max_tokens - _length(tokenizer, prompt_text(item.question, ""))
     while True:
@@ -47,4 +49,5 @@ def fit_prompt(tokenizer, item: QAItem, max_tokens: int) -> FittedPrompt:
 
 
 def _length(tokenizer, text: str) -> int:
-    return len(tokenizer(text)["input_ids"])
+    # verbose=False: measuring an over-long text is the point here, not a mistake worth a warning.
+    return len(tokenizer(text, verbose=False)["input_ids"])

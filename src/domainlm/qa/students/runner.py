@@ -78,8 +78,8 @@ def finetune(
     decoding: Decoding | None = None,
     stop_after_steps: int | None = None,
 ) -> dict:
-    """Train a student and evaluate it on dev and test; returns the metrics report. With `resume` the run's saved
-    config is used and training continues from its last checkpoint."""
+    """Train a student and evaluate it on dev and test; returns the metrics report. With `resume` the run's
+    saved config is used and training continues from its last checkpoint."""
     from domainlm.qa.students.training import Checkpoints, train
     from domainlm.runs import RunDirectory
 
@@ -90,9 +90,8 @@ def finetune(
         raise DomainLMError(f"nothing to resume in {out} (no config.yaml)")
     data = load_data(config.data, config.split, config.fold, config.limit)
     decoding = decoding or Decoding()
-    student = get_method(config.method).build(
-        config
-    )  # before the run folder: a bad model leaves no failed run
+    # Built before the run folder exists, so a bad model name leaves no failed run behind.
+    student = get_method(config.method).build(config)
     with RunDirectory(out, resume=resume, overwrite=overwrite) as run:
         encoded = {
             split: [student.encode(item, train=True) for item in items]
@@ -168,7 +167,8 @@ def evaluate_run(
     decoding: Decoding | None = None,
     out: str | Path | None = None,
 ) -> dict:
-    """Re-evaluate a finished run (e.g. with other decoding); writes into `out` (default RUN/eval-<decoding>)."""
+    """Re-evaluate a finished run (e.g. with other decoding); writes into `out` (default
+    RUN/eval-<decoding>)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise InputError("not a student run directory (no config.yaml)", source=str(run_dir))

@@ -84,8 +84,9 @@ def train(
     resume: bool = False,
     stop_after_steps: int | None = None,
 ) -> TrainState:
-    """Train `student` in place. `stop_after_steps` interrupts the run (as a kill would) after that many optimizer
-    steps of this call, right after a checkpoint; tests use it to check that resuming changes nothing."""
+    """Train `student` in place. `stop_after_steps` interrupts the run (as a kill would) after that many
+    optimizer steps of this call, right after a checkpoint; tests use it to check that resuming changes
+    nothing."""
     from transformers import get_linear_schedule_with_warmup
 
     params = student.trainable_parameters()

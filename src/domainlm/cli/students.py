@@ -1,0 +1,200 @@
+"""`domainlm finetune`, `domainlm evaluate-qa` and `domainlm compare`: QA students (Dr. LLaMA)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from domainlm.cli import app
+from domainlm.qa.students.config import help_text
+
+out_console = Console()
+
+NumBeams = Annotated[int, typer.Option(help="beam width for generative students (the paper: 5)")]
+RepetitionPenalty = Annotated[float, typer.Option(help="repetition penalty when generating (the paper: 2.0)")]
+Temperature = Annotated[
+    float, typer.Option(help="sampling temperature (the paper: 0.8); acts only with --sample")
+]
+Sample = Annotated[
+    bool, typer.Option("--sample", help="sample instead of deterministic (beam or greedy) search")
+]
+Greedy = Annotated[
+    bool,
+    typer.Option(
+        "--greedy",
+        help="greedy decoding without repetition penalty; overrides --num-beams and --repetition-penalty",
+    ),
+]
+
+
+def _opt(name: str, **kw):
+    return typer.Option(help=help_text(name), **kw)
+
+
+def _decoding(greedy: bool, num_beams: int, repetition_penalty: float, temperature: float, sample: bool):
+    from domainlm.qa.students.config import Decoding
+
+    if greedy:
+        return Decoding.greedy()
+    return Decoding(
+        num_beams=num_beams, repetition_penalty=repetition_penalty, temperature=temperature, do_sample=sample
+    )
+
+
+@app.command("finetune")
+def finetune_command(
+    out: Annotated[Path, typer.Option("--out", help="run directory to create (or continue with --resume)")],
+    method: Annotated[str, _opt("method")] = "lora",
+    model: Annotated[str | None, _opt("model")] = None,
+    data: Annotated[str | None, typer.Option(help=help_text("data") + " (default: $DOMAINLM_DATA)")] = None,
+    split: Annotated[str, _opt("split")] = "official",
+    fold: Annotated[int, _opt("fold")] = 0,
+    epochs: Annotated[int, _opt("epochs")] = 3,
+    lr: Annotated[float, _opt("lr")] = 5e-5,
+    batch_size: Annotated[int, _opt("batch_size")] = 1,
+    grad_accum: Annotated[int, _opt("grad_accum")] = 32,
+    warmup_ratio: Annotated[float, _opt("warmup_ratio")] = 0.03,
+    weight_decay: Annotated[float, _opt("weight_decay")] = 0.0,
+    lora_rank: Annotated[int, _opt("lora_rank")] = 4,
+    lora_alpha: Annotated[float, _opt("lora_alpha")] = 16,
+    lora_dropout: Annotated[float, _opt("lora_dropout")] = 0.05,
+    target_modules: Annotated[
+        str | None, typer.Option(help=help_text("target_modules") + "; comma-separated")
+    ] = None,
+    num_virtual_tokens: Annotated[int, _opt("num_virtual_tokens")] = 16,
+    tag_length: Annotated[int, _opt("tag_length")] = 10,
+    max_length: Annotated[int, _opt("max_length")] = 512,
+    max_answer_tokens: Annotated[int, _opt("max_answer_tokens")] = 128,
+    seed: Annotated[int, _opt("seed")] = 0,
+    limit: Annotated[int | None, _opt("limit")] = None,
+    save_every: Annotated[int, _opt("save_every")] = 50,
+    eval_batch_size: Annotated[int, _opt("eval_batch_size")] = 8,
+    device: Annotated[str, _opt("device")] = "auto",
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="continue the unfinished run in --out from its last checkpoint, with its saved settings",
+        ),
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a run already in --out")] = False,
+    num_beams: NumBeams = 5,
+    repetition_penalty: RepetitionPenalty = 2.0,
+    temperature: Temperature = 0.8,
+    sample: Sample = False,
+    greedy: Greedy = False,
+):
+    """Fine-tune a QA student (LoRA / prefix tuning on a causal LM, or a classification student) and
+    evaluate it on dev and test."""
+    import os
+
+    from domainlm.qa.students.config import StudentConfig
+    from domainlm.qa.students.runner import finetune
+
+    config = None
+    if not (resume and (out / "config.yaml").is_file()):
+        config = StudentConfig(
+            method=method,
+            model=model or "",
+            data=data or os.environ.get("DOMAINLM_DATA", ""),
+            split=split,
+            fold=fold,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            warmup_ratio=warmup_ratio,
+            weight_decay=weight_decay,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            target_modules=[m.strip() for m in target_modules.split(",") if m.strip()]
+            if target_modules
+            else None,
+            num_virtual_tokens=num_virtual_tokens,
+            tag_length=tag_length,
+            max_length=max_length,
+            max_answer_tokens=max_answer_tokens,
+            seed=seed,
+            limit=limit,
+            save_every=save_every,
+            eval_batch_size=eval_batch_size,
+            device=device,
+        )
+    report = finetune(
+        config,
+        out,
+        resume=resume,
+        overwrite=overwrite,
+        decoding=_decoding(greedy, num_beams, repetition_penalty, temperature, sample),
+    )
+    _print_report(report, out)
+
+
+@app.command("evaluate-qa")
+def evaluate_qa_command(
+    run: Annotated[Path, typer.Option("--run", help="a finished student run directory")],
+    split: Annotated[
+        list[str] | None, typer.Option(help="split(s) to evaluate: dev, test (default both)")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="where to write the report (default RUN/eval-<decoding>)")
+    ] = None,
+    num_beams: NumBeams = 5,
+    repetition_penalty: RepetitionPenalty = 2.0,
+    temperature: Temperature = 0.8,
+    sample: Sample = False,
+    greedy: Greedy = False,
+):
+    """Evaluate a student run: accuracy, macro-F1, confusion matrix and parse failures per split."""
+    from domainlm.errors import InputError
+    from domainlm.qa.students.runner import EVAL_SPLITS, evaluate_run
+
+    splits = tuple(split or EVAL_SPLITS)
+    unknown = [s for s in splits if s not in {"train", *EVAL_SPLITS}]
+    if unknown:
+        raise InputError(f"unknown split(s) {unknown}; choose from train, dev, test")
+    decoding = _decoding(greedy, num_beams, repetition_penalty, temperature, sample)
+    report = evaluate_run(run, splits=splits, decoding=decoding, out=out)
+    _print_report(report, out or run)
+
+
+@app.command("compare")
+def compare_command(
+    runs: Annotated[
+        list[str], typer.Option("--runs", help="student run directories, globs, or folders of runs")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="directory for compare.md and compare.json")],
+):
+    """One table of students x augmentation modes x methods, with the majority class and published figures."""
+    from domainlm.qa.students.compare import compare_runs
+
+    rows = compare_runs(runs, out)
+    table = Table("", "student", "method", "augmentation", "data", "accuracy", "macro-F1")
+    for r in rows:
+        if r["kind"] != "published":  # the published figures are in the files; keep the console table narrow
+            table.add_row(
+                *(str(r[c] or "-") for c in ("kind", "student", "method", "augmentation", "data")),
+                *(f"{r[c]:.3f}" if r[c] is not None else "-" for c in ("accuracy", "macro_f1")),
+            )
+    out_console.print(table)
+    out_console.print(f"written (with the published figures): {out / 'compare.md'}, {out / 'compare.json'}")
+
+
+def _print_report(report: dict, where: Path) -> None:
+    table = Table("split", "n", "accuracy", "macro-F1", "parse failures", "majority acc")
+    for split, r in report["splits"].items():
+        table.add_row(
+            split,
+            str(r["n"]),
+            f"{r['accuracy']:.3f}",
+            f"{r['macro_f1']:.3f}",
+            str(r["parse_failures"]),
+            f"{report['majority'][split]['accuracy']:.3f}",
+        )
+    out_console.print(table)
+    out_console.print(f"report: {where}")
