@@ -40,13 +40,32 @@ def domainlm_attention(module, query, key, value, attention_mask, **kwargs):
     layer = module.layer_idx
     if active.record is not None:
         active.record[layer] = (key.detach(), value.detach())
+    mask = attention_mask if active.mask is None else active.mask
     if active.prefix is not None:
         past_k, past_v = active.prefix[layer]
-        key = torch.cat([past_k.to(key.dtype), key], dim=2)
-        value = torch.cat([past_v.to(value.dtype), value], dim=2)
-    mask = attention_mask if active.mask is None else active.mask
+        return prefixed_attention(query, key, value, past_k, past_v, mask, kwargs.get("scaling"))
     kwargs["is_causal"] = False if active.mask is not None else kwargs.get("is_causal")
     return _sdpa()(module, query, key, value, mask, **kwargs)
+
+
+def prefixed_attention(query, key, value, past_k, past_v, mask, scaling=None):
+    """Attention of new positions over stored keys/values plus their own, without concatenating the (large,
+    gradient-free) stored part: scores are computed in two blocks and only the small score matrix is joined.
+    Shapes: query [B, H, Q, D]; key/value [B, KV, Q, D]; past [B, KV, P, D]; mask bool [B, 1, Q, P + Q].
+    Returns [B, Q, H, D] like the attention functions of transformers."""
+    b, h, q_len, d = query.shape
+    kv = key.shape[1]
+    rep = h // kv
+    scale = scaling if scaling is not None else d**-0.5
+    q = query.reshape(b, kv, rep * q_len, d)  # query head i uses key/value head i // rep
+    past_k, past_v = past_k.to(query.dtype), past_v.to(query.dtype)
+    p_len = past_k.shape[2]
+    scores = torch.cat([q @ past_k.transpose(-1, -2), q @ key.transpose(-1, -2)], dim=-1) * scale
+    allowed = mask.unsqueeze(2).expand(b, 1, rep, q_len, p_len + q_len).reshape(b, 1, rep * q_len, -1)
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    probs = scores.float().softmax(-1).to(query.dtype)
+    out = probs[..., :p_len] @ past_v + probs[..., p_len:] @ value
+    return out.reshape(b, h, q_len, d).transpose(1, 2).contiguous(), None
 
 
 _registered = False

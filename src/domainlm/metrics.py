@@ -26,14 +26,14 @@ def mae(y_true, y_pred) -> float:
 
 def pearson(y_true, y_pred) -> float:
     t, p = _arrays(y_true, y_pred)
-    if t.size < 2 or np.std(t) == 0 or np.std(p) == 0:
+    if t.size < 2 or np.ptp(t) == 0 or np.ptp(p) == 0:
         return float("nan")
     return float(stats.pearsonr(t, p)[0])
 
 
 def spearman(y_true, y_pred) -> float:
     t, p = _arrays(y_true, y_pred)
-    if t.size < 2 or np.std(t) == 0 or np.std(p) == 0:
+    if t.size < 2 or np.ptp(t) == 0 or np.ptp(p) == 0:
         return float("nan")
     return float(stats.spearmanr(t, p)[0])
 
@@ -53,6 +53,65 @@ def macro_f1(y_true, y_pred, labels=None) -> float:
     from sklearn.metrics import f1_score
 
     return float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
+
+
+def concordance_index(y_true, y_pred) -> float:
+    """Concordance index: over ALL comparable pairs (y_true_i != y_true_j), the fraction ordered the same way
+    by y_pred; a tie in y_pred counts 0.5, a tie in y_true is not comparable. NaN with no comparable pair.
+
+    Exact and O(n log n): with P concordant and Q discordant pairs among the C comparable ones,
+    CI = (P + 0.5 * (C - P - Q)) / C = (1 + (P - Q) / C) / 2, and P - Q is the numerator of Kendall's tau-b,
+    which scipy counts by merge sort; it is an integer, so it is recovered exactly by rounding.
+
+    DeepDTA's `get_cindex` (source/emetrics.py) loops over i > j and counts a pair only when Y[i] > Y[j]; a
+    pair whose earlier item has the larger true value is never counted. It thus scores about half of the
+    comparable pairs (which half depends on the data order) in O(n^2) time; on a random order its value is
+    close to, not equal to, this one. GraphDTA's `ci` (utils.py) sorts by y first, so it counts every
+    comparable pair and equals this one, also in O(n^2).
+    """
+    t, p = _arrays(y_true, y_pred)
+    if np.isnan(t).any() or np.isnan(p).any():
+        raise ValueError("concordance_index: NaN in the inputs")
+    n_pairs = t.size * (t.size - 1) // 2
+    comparable = n_pairs - _tied_pairs(t)
+    if comparable == 0:
+        return float("nan")
+    pred_untied = n_pairs - _tied_pairs(p)
+    if pred_untied == 0:
+        return 0.5  # every prediction equal: every comparable pair is a tie
+    if t.size == 2:  # scipy's p-value divides by n - 2
+        p_minus_q = int(np.sign((t[1] - t[0]) * (p[1] - p[0])))
+    else:
+        with np.errstate(all="ignore"):  # the p-value we do not use may warn
+            tau_b = stats.kendalltau(t, p, method="asymptotic").statistic
+        p_minus_q = round(tau_b * np.sqrt(float(comparable)) * np.sqrt(float(pred_untied)))
+    return (comparable + p_minus_q) / (2 * comparable)  # one division of integers: exact to the last bit
+
+
+def _tied_pairs(x: np.ndarray) -> int:
+    _, counts = np.unique(x, return_counts=True)
+    counts = counts.astype(np.int64)
+    return int((counts * (counts - 1) // 2).sum())
+
+
+def rm2(y_true, y_pred) -> float:
+    """The modified squared correlation r_m^2 exactly as the DeepDTA family computes it (DeepDTA
+    source/emetrics.py `get_rm2`, copied by its successors), so numbers compare with theirs:
+
+    r2 = Pearson(y_true, y_pred)^2; k = sum(y_true * y_pred) / sum(y_pred^2) (slope through the origin);
+    r02 = 1 - sum((y_true - k * y_pred)^2) / sum((y_true - mean(y_true))^2);
+    rm2 = r2 * (1 - sqrt(|r2^2 - r02^2|)).
+
+    Note their code squares r2 and r02 inside the root; Roy et al.'s original r_m^2 uses |r2 - r02|.
+    """
+    t, p = _arrays(y_true, y_pred)
+    if t.size < 2 or np.ptp(t) == 0 or np.ptp(p) == 0:
+        return float("nan")
+    spread = np.sum((t - t.mean()) ** 2)
+    r2_ = float(np.corrcoef(t, p)[0, 1] ** 2)
+    k = np.sum(t * p) / np.sum(p * p)
+    r02 = float(1 - np.sum((t - k * p) ** 2) / spread)
+    return float(r2_ * (1 - np.sqrt(abs(r2_**2 - r02**2))))
 
 
 REGRESSION_METRICS = {"mse": mse, "mae": mae, "pearson": pearson, "spearman": spearman, "r2": r2}

@@ -167,15 +167,7 @@ def reused_forward(tm: TaggedModel, cache: SpanCache, inputs: list, labels=None)
     B = len(examples)
     pad = tm.encoder.placeholder
 
-    prefix = []
-    for layer in range(n_layers if P else 0):
-        ks, vs = [], []
-        for spans, _ in split:
-            k = torch.cat([stored[key][layer][0] for key, _, _ in spans], dim=1) if spans else None
-            v = torch.cat([stored[key][layer][1] for key, _, _ in spans], dim=1) if spans else None
-            ks.append(k)
-            vs.append(v)
-        prefix.append((_pad_stack(ks, P, device), _pad_stack(vs, P, device)))
+    prefix = [_assemble(stored, split, layer, P, device) for layer in range(n_layers if P else 0)]
 
     ids = torch.tensor([f[0] + [pad] * (Q - len(f[0])) for f in func], device=device)
     slots = torch.tensor([f[1] + [-1] * (Q - len(f[1])) for f in func], device=device)
@@ -207,10 +199,16 @@ def _labels(tm: TaggedModel, head: str, labels) -> torch.Tensor:
     return torch.as_tensor(_label_values(labels, spec), dtype=dtype)
 
 
-def _pad_stack(parts: list[torch.Tensor | None], length: int, device) -> torch.Tensor:
-    ref = next(p for p in parts if p is not None)
-    out = ref.new_zeros((len(parts), ref.shape[0], length, ref.shape[2]))
-    for i, p in enumerate(parts):
-        if p is not None:
-            out[i, :, : p.shape[1]] = p
-    return out.to(device)
+def _assemble(stored, split, layer: int, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's stored keys/values for a batch, each example's spans laid end to end (one copy)."""
+    ref = next(iter(stored.values()))[layer][0]
+    keys = ref.new_zeros((len(split), ref.shape[0], length, ref.shape[2]), device=device)
+    values = torch.zeros_like(keys)
+    for b, (spans, _) in enumerate(split):
+        offset = 0
+        for key, ids, _ in spans:
+            k, v = stored[key][layer]
+            keys[b, :, offset : offset + len(ids)] = k
+            values[b, :, offset : offset + len(ids)] = v
+            offset += len(ids)
+    return keys, values

@@ -24,7 +24,9 @@ class TagSpec:
 
     def __post_init__(self):
         if not NAME_PATTERN.match(self.name):
-            raise DomainLMError(f"tag name {self.name!r} must start with a letter and hold only [A-Za-z0-9_-]")
+            raise DomainLMError(
+                f"tag name {self.name!r} must start with a letter and hold only [A-Za-z0-9_-]"
+            )
         if self.kind not in KINDS:
             raise DomainLMError(f"tag {self.name}: kind must be one of {KINDS}, got {self.kind!r}")
         if self.length < 1:

@@ -43,6 +43,7 @@ class TrainConfig:
     isolate: bool | None = None  # None: on for regression function tags, as in the reference code
     reuse: bool | None = None  # reuse span keys/values (None: whenever isolated spans are frozen)
     cache_budget_gb: float | None = None  # bound on stored span keys/values; None = no bound
+    cache_dtype: str | None = None  # store reused keys/values as bfloat16/float16 to halve memory
     overflow: str = "error"  # over-long inputs: error | truncate | window (see encoding.LengthPolicy)
     max_span_tokens: int | None = None  # longest data span kept whole (truncate / window size)
     enrich: bool = False
@@ -173,7 +174,10 @@ class Trainer:
             from domainlm.reuse import SpanCache
 
             budget = None if c.cache_budget_gb is None else int(c.cache_budget_gb * 2**30)
-            self.cache = SpanCache(tm, budget_bytes=budget)
+            from domainlm.model import DTYPES
+
+            dtype = DTYPES[c.cache_dtype] if c.cache_dtype else None
+            self.cache = SpanCache(tm, budget_bytes=budget, dtype=dtype)
 
     # -- the loop -------------------------------------------------------------------------------------------
     def fit(

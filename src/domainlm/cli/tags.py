@@ -57,6 +57,7 @@ TRAIN_DEFAULTS = {
     "val_fraction": 0.05,
     "reuse": None,
     "cache_budget_gb": None,
+    "cache_dtype": None,
     "overflow": "error",
     "max_span_tokens": None,
 }
@@ -141,6 +142,9 @@ def train(
     ] = None,
     cache_budget_gb: Annotated[
         float, Opt(help="memory bound for reused keys/values; when it binds, batches are grouped by span")
+    ] = None,
+    cache_dtype: Annotated[
+        str, Opt(help="store reused keys/values as bfloat16 or float16 (half the memory)")
     ] = None,
     overflow: Annotated[
         str,
@@ -233,8 +237,8 @@ def demo(
         Path, Opt("--data", "--data-dir", envvar="DOMAINLM_DATA", help="shared data directory")
     ],
     out: Annotated[Path, Opt(help="run directory")] = Path("runs/demo-qed"),
-    limit_train: Annotated[int, Opt(help="training molecules")] = 1500,
-    limit_eval: Annotated[int, Opt(help="validation and test molecules")] = 300,
+    limit_train: Annotated[int, Opt(help="training molecules")] = 1000,
+    limit_eval: Annotated[int, Opt(help="validation and test molecules")] = 250,
     epochs: Annotated[float, Opt(help="epochs")] = 3.0,
 ):
     """The main job, offline: QED from SMILES with tags on the packaged MiniLM (minutes on a CPU)."""

@@ -54,7 +54,9 @@ class TaskSpec:
 
     def __post_init__(self):
         if self.head not in {"regression", "classification"}:
-            raise DomainLMError(f"task {self.name}: head must be regression or classification, got {self.head!r}")
+            raise DomainLMError(
+                f"task {self.name}: head must be regression or classification, got {self.head!r}"
+            )
         if self.head == "classification" and (self.n_classes is None or self.n_classes < 2):
             raise DomainLMError(f"task {self.name}: a classification head needs n_classes >= 2")
 

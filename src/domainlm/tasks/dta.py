@@ -1,0 +1,284 @@
+"""Drug-target binding affinity (`dta`): any data set in the DeepDTA layout, Davis by default.
+
+Layout (as in DeepDTA's data/<name>/ folders):
+
+* `Y`: pickled numpy matrix, drugs x proteins; NaN means "not measured". It is a pickle: load only files
+  you trust.
+* `ligands_can.txt`, `proteins.txt`: JSON objects id -> SMILES / sequence; key order is the row / column
+  order of Y.
+* `folds/train_fold_setting1.txt` (a list of 5 lists of indices), `folds/test_fold_setting1.txt` (one list).
+  Indices point into the measured entries of Y in row-major order: `rows, cols = np.where(~np.isnan(Y))`.
+
+Protocol: the test fold is the test split. Of the train folds, `val_fold` (default 0, the first) is held out
+as the validation split for early stopping and model selection and the others train; `val_fold=None` trains on
+all of them with an empty validation split (DeepDTA's final setting). The test fold never trains or validates.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from domainlm.errors import InputError
+from domainlm.features import check_protein, parse_smiles
+from domainlm.tasks.base import Example, TaskData, TaskSpec, register_task
+from domainlm.tasks.properties import data_root
+
+DTA_TEMPLATE = (
+    "Input: The protein sequence is <Protein> {protein}. The SMILES of the drug is <SMILES> {smiles}. "
+    "Output: The binding affinity is <BA>"
+)
+Y_FILE = "Y"
+LIGANDS_FILE = "ligands_can.txt"
+PROTEINS_FILE = "proteins.txt"
+TRAIN_FOLDS_FILE = "folds/train_fold_setting1.txt"
+TEST_FOLD_FILE = "folds/test_fold_setting1.txt"
+
+
+@dataclass(frozen=True)
+class AffinityTransform:
+    description: str
+    function: object  # np.ndarray -> np.ndarray
+    needs_positive: bool = False
+
+
+AFFINITY_TRANSFORMS = {
+    "pkd": AffinityTransform("Kd in nM -> pKd = -log10(Kd / 1e9)", lambda v: -np.log10(v / 1e9), True),
+    "log10": AffinityTransform("log10 of the stored value", np.log10, True),
+    "none": AffinityTransform("the stored value as is (already pKd, KIBA score, ...)", lambda v: v),
+}
+
+
+def resolve_dataset_dir(data_dir, subdir: str, marker: str) -> Path:
+    """The folder holding `marker`: `data_dir` itself, or `data_dir/subdir` when `data_dir` is the shared data
+    root. `data_dir=None` falls back to the DOMAINLM_DATA environment variable."""
+    root = data_root(data_dir)
+    for candidate in (root, root / subdir):
+        if (candidate / marker).is_file():
+            return candidate
+    raise InputError(f"found neither {root / marker} nor {root / subdir / marker}", source=str(root))
+
+
+def limit_examples(examples: list[Example], limit: int | None, seed: int = 0) -> list[Example]:
+    """At most `limit` examples, drawn at random with a fixed seed and kept in their order (for smoke runs:
+    the first rows of a sorted file would cover only a few drugs)."""
+    if limit is None or len(examples) <= limit:
+        return examples
+    keep = sorted(random.Random(seed).sample(range(len(examples)), limit))
+    return [examples[i] for i in keep]
+
+
+def load_dta(
+    data_dir,
+    spec: TaskSpec,
+    *,
+    dataset: str = "davis",
+    transform: str = "pkd",
+    val_fold: int | None = 0,
+    skip_invalid: bool = False,
+    limit_train: int | None = None,
+    limit_eval: int | None = None,
+) -> TaskData:
+    """Load a DeepDTA-layout data set; `data_dir` is its folder or the shared root holding dta/<dataset>.
+
+    `transform` names an entry of `AFFINITY_TRANSFORMS`. With `skip_invalid`, pairs whose drug SMILES,
+    protein sequence or affinity is invalid are skipped and counted; otherwise the first one is an error.
+    `limit_train` / `limit_eval` keep a fixed random subset of the train / each evaluation split."""
+    folder = resolve_dataset_dir(data_dir, f"dta/{dataset}", Y_FILE)
+    if transform not in AFFINITY_TRANSFORMS:
+        raise InputError(f"unknown affinity transform {transform!r}; known: {', '.join(AFFINITY_TRANSFORMS)}")
+    ligands = _read_json_object(folder / LIGANDS_FILE)
+    proteins = _read_json_object(folder / PROTEINS_FILE)
+    affinities = _read_matrix(folder / Y_FILE, len(ligands), len(proteins))
+    rows, cols = np.where(~np.isnan(affinities))  # the measured entries, row-major: what fold indices count
+    train_folds, test_fold = _read_folds(folder, len(rows))
+    if val_fold is not None and not 0 <= val_fold < len(train_folds):
+        raise InputError(f"val_fold must be None or in 0..{len(train_folds) - 1}, got {val_fold}")
+
+    drug_ids, protein_ids = list(ligands), list(proteins)
+    invalid_drugs = _invalid_items(ligands, folder / LIGANDS_FILE, "drug", parse_smiles, skip_invalid)
+    invalid_proteins = _invalid_items(
+        proteins, folder / PROTEINS_FILE, "protein", check_protein, skip_invalid
+    )
+    labels = _transformed(
+        affinities[rows, cols],
+        AFFINITY_TRANSFORMS[transform],
+        source=folder / Y_FILE,
+        name_of=lambda i: f"drug {drug_ids[rows[i]]}, protein {protein_ids[cols[i]]}",
+        skip_invalid=skip_invalid,
+    )
+
+    skipped: Counter = Counter()
+
+    def examples(indices: list[int]) -> list[Example]:
+        out = []
+        for idx in indices:
+            drug, protein = drug_ids[rows[idx]], protein_ids[cols[idx]]
+            problems = {
+                "invalid_smiles": drug in invalid_drugs,
+                "invalid_protein": protein in invalid_proteins,
+                "invalid_affinity": np.isnan(labels[idx]),
+            }
+            reason = next((name for name, found in problems.items() if found), None)
+            if reason:
+                skipped[reason] += 1
+                continue
+            fields = {
+                "protein": proteins[protein],
+                "smiles": ligands[drug],
+                "protein_id": protein,
+                "drug_id": drug,
+            }
+            out.append(
+                Example(id=f"{drug}|{protein}", fields=fields, label=float(labels[idx]), group=protein)
+            )
+        return out
+
+    train_indices = [i for f, fold in enumerate(train_folds) if f != val_fold for i in fold]
+    val_indices = train_folds[val_fold] if val_fold is not None else []
+    data = TaskData(
+        train=limit_examples(examples(train_indices), limit_train),
+        val=limit_examples(examples(val_indices), limit_eval),
+        test=limit_examples(examples(test_fold), limit_eval),
+    )
+    data.skipped = skipped
+    lengths = [len(s) for s in proteins.values()]
+    data.info = {
+        "data_dir": str(folder),
+        "transform": f"{transform}: {AFFINITY_TRANSFORMS[transform].description}",
+        "val_fold": val_fold,
+        "limit_train": limit_train,
+        "limit_eval": limit_eval,
+        "n_drugs": len(ligands),
+        "n_proteins": len(proteins),
+        "n_measured": int(len(rows)),
+        "n_in_no_fold": int(len(rows) - sum(map(len, train_folds)) - len(test_fold)),
+        "protein_length_max": max(lengths),
+        "proteins_over_512": sum(n > 512 for n in lengths),
+    }
+    return data
+
+
+def _read_json_object(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        raise InputError("file not found", source=str(path))
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))  # dicts keep the file's key order
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"not valid JSON ({e})", source=str(path)) from None
+    if not isinstance(obj, dict) or not obj:
+        raise InputError("expected a non-empty JSON object id -> string", source=str(path))
+    return obj
+
+
+def _read_matrix(path: Path, n_drugs: int, n_proteins: int) -> np.ndarray:
+    try:
+        with open(path, "rb") as f:
+            matrix = np.asarray(pickle.load(f, encoding="latin1"), dtype=np.float64)
+    except Exception as e:  # a pickle can fail in many ways; all mean "not a numeric matrix"
+        raise InputError(
+            f"cannot read a pickled numeric matrix ({type(e).__name__}: {e})", source=str(path)
+        ) from None
+    if matrix.shape != (n_drugs, n_proteins):
+        raise InputError(
+            f"Y has shape {matrix.shape} but {LIGANDS_FILE} lists {n_drugs} drugs and {PROTEINS_FILE} "
+            f"{n_proteins} proteins; expected ({n_drugs}, {n_proteins})",
+            source=str(path),
+        )
+    if np.isinf(matrix).any():
+        r, c = np.argwhere(np.isinf(matrix))[0]
+        raise InputError(f"infinite affinity at row {r}, column {c}", source=str(path))
+    return matrix
+
+
+def _read_folds(folder: Path, n_measured: int) -> tuple[list[list[int]], list[int]]:
+    """Train folds and test fold, checked: integer indices in range, no index in two places."""
+    train_path, test_path = folder / TRAIN_FOLDS_FILE, folder / TEST_FOLD_FILE
+    train = _read_index_lists(train_path, nested=True)
+    test = _read_index_lists(test_path, nested=False)
+    seen: dict[int, str] = {}
+    named = [(f"train fold {k}", fold, train_path) for k, fold in enumerate(train)] + [
+        ("test fold", test, test_path)
+    ]
+    for name, fold, path in named:
+        for idx in fold:
+            if not 0 <= idx < n_measured:
+                raise InputError(
+                    f"index {idx} is out of range: Y has {n_measured} measured entries "
+                    f"(valid 0..{n_measured - 1})",
+                    source=str(path),
+                    item=name,
+                )
+            if idx in seen:
+                where = "twice" if seen[idx] == name else f"also in {seen[idx]}"
+                raise InputError(
+                    f"index {idx} appears {where}; folds must not overlap", source=str(path), item=name
+                )
+            seen[idx] = name
+    return train, test
+
+
+def _read_index_lists(path: Path, *, nested: bool):
+    if not path.is_file():
+        raise InputError("fold file not found", source=str(path))
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"not valid JSON ({e})", source=str(path)) from None
+    lists = obj if nested else [obj]
+    shape_ok = isinstance(lists, list) and lists and all(isinstance(f, list) for f in lists)
+    if not shape_ok or not all(isinstance(i, int) and not isinstance(i, bool) for f in lists for i in f):
+        expected = "a JSON list of lists of integer indices" if nested else "a JSON list of integer indices"
+        raise InputError(f"expected {expected}", source=str(path))
+    return lists if nested else lists[0]
+
+
+def _invalid_items(items: dict[str, str], path: Path, what: str, check, skip_invalid: bool) -> set[str]:
+    """Ids whose value fails `check` (which raises InputError); raises at the first one unless skipping."""
+    invalid = set()
+    for key, value in items.items():
+        try:
+            check(value, source=str(path), item=f"{what} {key}")
+        except InputError:
+            if not skip_invalid:
+                raise
+            invalid.add(key)
+    return invalid
+
+
+def _transformed(
+    values: np.ndarray, transform: AffinityTransform, *, source, name_of, skip_invalid
+) -> np.ndarray:
+    """Transformed labels; NaN where the transform is undefined (only when skipping, else an error)."""
+    bad = values <= 0 if transform.needs_positive else np.zeros(len(values), dtype=bool)
+    if bad.any() and not skip_invalid:
+        i = int(np.argmax(bad))
+        raise InputError(
+            f"affinity {values[i]} is not positive, so the transform cannot take its log",
+            source=str(source),
+            item=name_of(i),
+        )
+    out = np.full(len(values), np.nan)
+    out[~bad] = transform.function(values[~bad])
+    return out
+
+
+DTA = register_task(
+    TaskSpec(
+        name="dta",
+        template=DTA_TEMPLATE,
+        head="regression",
+        metrics=("mse", "ci", "rm2", "pearson", "spearman"),
+        primary_metric="mse",
+        char_level_tags=("Protein", "SMILES"),
+        loader=load_dta,
+        description="Drug-target binding affinity (Davis pKd by default; any DeepDTA-layout data set).",
+        defaults={"epochs": 4, "lr": 1e-4},  # the paper's BA setting
+    )
+)
