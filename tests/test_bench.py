@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from domainlm.bench import ALL_METHODS, BenchSettings, run_bench
@@ -11,15 +10,6 @@ from domainlm.errors import DomainLMError
 from domainlm.testing import tiny_model
 
 SMILES = ["C" * (i % 7 + 1) + "N" * (i % 3) + "O" * (i % 2) + "c1ccccc1" * (i % 4 == 0) for i in range(48)]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models run faster on one thread, and far faster when other jobs share the cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,6 @@ FAMILIES = ("bert", "llama")
 TASK = TaskSpec("toy", "The SMILES is <SMILES> {smiles}. Output <Y>")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models run faster on one thread, and far faster when other jobs share the cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def toy_data(n_train=32, n_eval=8, seed=0) -> TaskData:
     """The label is the fraction of N in a C/N string: learnable from token identities."""
     rng = random.Random(seed)

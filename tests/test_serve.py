@@ -7,7 +7,6 @@ import time
 import httpx
 import openai
 import pytest
-import torch
 import uvicorn
 
 from domainlm.augment import AugmentConfig, HFTeacher, make_teacher, run_augment
@@ -17,16 +16,6 @@ from domainlm.serve import create_app
 from domainlm.testing import tiny_model
 
 KEY = "sk-test-0123456789"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny matrices gain nothing from threads, and on a busy 2-core machine the thread pool's spinning
-    makes each generated token ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from domainlm.qa import QAItem
 from domainlm.qa.students import finetune
 from domainlm.qa.students.training import TrainingInterrupted
 from test_students_models import config as student_config
-from test_students_models import one_thread, save_tiny, write_qa_dir  # noqa: F401 (autouse fixture)
+from test_students_models import save_tiny, write_qa_dir
 
 TRAIN = [
     "--epochs",

@@ -105,10 +105,10 @@ def test_function_stage_overfits_and_writes_a_complete_run(saved_model, tmp_path
     new = write_csv(tmp_path / "new.csv", [("CCO", ""), ("NNN", "")])
     res = invoke("predict", "--run", out, "--input", new, "--out", tmp_path / "pred.csv")
     assert res.exit_code == 0, res.output
-    rows = list(csv.DictReader(open(tmp_path / "pred.csv")))
-    assert [r["smiles"] for r in rows] == ["CCO", "NNN"] and all(
-        float(r["prediction"]) == float(r["prediction"]) for r in rows
-    )
+    with open(tmp_path / "pred.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["smiles"] for r in rows] == ["CCO", "NNN"]
+    assert all(abs(float(r["prediction"])) < 10 for r in rows)  # finite, in label range
 
 
 def test_stage_one_then_stage_two_chain(saved_model, tmp_path):
