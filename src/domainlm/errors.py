@@ -13,12 +13,12 @@ class InputError(DomainLMError):
     def __init__(self, message: str, *, source: str | None = None, item: str | int | None = None):
         self.source = source
         self.item = item
-        where = ""
+        parts = []
         if source is not None:
-            where = f"{source}"
-            if item is not None:
-                where += f", {item if isinstance(item, str) else f'row {item}'}"
-            where += ": "
+            parts.append(str(source))
+        if item is not None:
+            parts.append(item if isinstance(item, str) else f"row {item}")
+        where = ", ".join(parts) + ": " if parts else ""
         super().__init__(f"{where}{message}")
 
 

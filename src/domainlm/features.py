@@ -20,9 +20,6 @@ _RESIDUE_CODE[[ord(c) for c in AMINO_ACIDS]] = np.arange(len(AMINO_ACIDS))
 
 
 def _input_error(message: str, source: str | None, item) -> InputError:
-    # InputError shows the item only beside a source; without one, the message names it
-    if source is None and item is not None:
-        message = f"{item if isinstance(item, str) else f'row {item}'}: {message}"
     return InputError(message, source=source, item=item)
 
 
