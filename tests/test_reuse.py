@@ -61,3 +61,16 @@ def test_budget_evicts_but_stays_exact():
             got = reused_forward(tm, cache, texts).predictions
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert cache.bytes <= 20_000 and cache.stats.evictions > 0
+
+
+def test_windowed_long_spans_reuse_exactly():
+    tm = tagged("bert")
+    tm.max_positions = 64
+    tm.set_length_policy("window", 20)
+    texts = [TEMPLATE.format(p="MKVLAAGGWYYKKR" * 4, s="CCO"), TEMPLATE.format(p="MKV", s="CC(=O)N")]
+    encoded = tm.encoder.encode(texts[0], 0, isolate=True)
+    assert encoded.windows == 2 and max(encoded.positions(True)) < 64
+    with torch.no_grad():
+        expected = tm(**tm.encode(texts, isolate=True)).predictions
+        got = reused_forward(tm, SpanCache(tm), texts).predictions
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
