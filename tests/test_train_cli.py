@@ -43,6 +43,32 @@ def toy_rows(n=12, seed=0):
     return rows
 
 
+def train_user_task(model, data, out, *extra, epochs=3):
+    """`domainlm train` on the toy CSV with the shared template and small-data settings."""
+    return invoke(
+        "train",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--template",
+        TEMPLATE,
+        "--label-column",
+        "y",
+        "--epochs",
+        epochs,
+        "--lr",
+        1e-2,
+        "--batch-size",
+        4,
+        "--grad-accum",
+        1,
+        "--out",
+        out,
+        *extra,
+    )
+
+
 def invoke(*args):
     result = runner.invoke(app, [str(a) for a in args])
     return result
@@ -149,29 +175,7 @@ def test_stage_one_then_stage_two_chain(saved_model, tmp_path):
     assert [t["name"] for t in lib["tags"]] == ["SMILES"]
 
     data = write_csv(tmp_path / "toy.csv", toy_rows())
-    res = invoke(
-        "train",
-        "--model",
-        model,
-        "--data",
-        data,
-        "--template",
-        TEMPLATE,
-        "--label-column",
-        "y",
-        "--tags",
-        tmp_path / "smiles",
-        "--epochs",
-        3,
-        "--lr",
-        1e-2,
-        "--batch-size",
-        4,
-        "--grad-accum",
-        1,
-        "--out",
-        tmp_path / "y",
-    )
+    res = train_user_task(model, data, tmp_path / "y", "--tags", tmp_path / "smiles")
     assert res.exit_code == 0, res.output
     from safetensors.torch import load_file
 
@@ -180,29 +184,8 @@ def test_stage_one_then_stage_two_chain(saved_model, tmp_path):
     assert torch.equal(stage1, stage2["tag.SMILES"])  # domain tags stay frozen by default
     assert "tag.Y" in stage2 and "head.Y.linear.weight" in stage2
 
-    res = invoke(
-        "train",
-        "--model",
-        model,
-        "--data",
-        data,
-        "--template",
-        TEMPLATE,
-        "--label-column",
-        "y",
-        "--tags",
-        tmp_path / "smiles",
-        "--enrich",
-        "--epochs",
-        2,
-        "--lr",
-        1e-2,
-        "--batch-size",
-        4,
-        "--grad-accum",
-        1,
-        "--out",
-        tmp_path / "enriched",
+    res = train_user_task(
+        model, data, tmp_path / "enriched", "--tags", tmp_path / "smiles", "--enrich", epochs=2
     )
     assert res.exit_code == 0, res.output
     enriched = load_file(tmp_path / "enriched" / "tags" / "tags.safetensors")["tag.SMILES"]

@@ -66,8 +66,9 @@ def tiny_config(
     """A 2-layer config of the given family; `hidden`/`layers` can be raised for random-weight speed runs."""
     from transformers import BertConfig, GPT2Config, LlamaConfig, Qwen2Config
 
-    if family == "llama":
-        return LlamaConfig(
+    if family in {"llama", "qwen2"}:
+        config_class = LlamaConfig if family == "llama" else Qwen2Config
+        return config_class(
             vocab_size=vocab_size,
             hidden_size=hidden,
             intermediate_size=hidden * 2,
@@ -79,19 +80,6 @@ def tiny_config(
             eos_token_id=3,
             pad_token_id=0,
             tie_word_embeddings=False,
-        )
-    if family == "qwen2":
-        return Qwen2Config(
-            vocab_size=vocab_size,
-            hidden_size=hidden,
-            intermediate_size=hidden * 2,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=max(1, heads // 2),
-            max_position_embeddings=2048,
-            bos_token_id=2,
-            eos_token_id=3,
-            pad_token_id=0,
         )
     if family == "gpt2":
         return GPT2Config(
