@@ -227,6 +227,12 @@ def run_predict(
     columns, records = read_records(Path(input))
     if not records:
         raise InputError("the file holds no data rows", source=str(input))
+    prepare = _row_preparer(run)
+    if prepare is not None:
+        rows = prepare([r.values for r in records], str(input), [r.line for r in records])
+        for rec, values in zip(records, rows):
+            rec.values = values
+        columns = list(dict.fromkeys([*columns, *records[0].values]))
     tmpl.check_columns(columns, source=str(input))
     tm = TaggedModel.from_pretrained(model, device=device)
     tm.load_tags(*tags)
@@ -264,6 +270,21 @@ def run_predict(
                 k = int(p.argmax())
                 w.writerow([*row, head.classes[k] if head.classes else k, *map(float, p)])
     return {"n_predicted": len(kept), "n_skipped": skipped}
+
+
+def _row_preparer(run):
+    """A preset's predict-time hook (e.g. synergy: SMILES from drug names, known cell lines), if any."""
+    if run is None:
+        return None
+    opts = _load_run(run).get("resolved_options", {})
+    if not opts.get("task"):
+        return None
+    from domainlm.tasks import get_task
+
+    spec = get_task(opts["task"])
+    if spec.prepare_rows is None:
+        return None
+    return lambda rows, source, lines: spec.prepare_rows(rows, opts.get("data_dir"), source, lines)
 
 
 def run_demo(data_dir, out, *, limit_train: int, limit_eval: int, epochs: float) -> dict:

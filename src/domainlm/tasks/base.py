@@ -51,6 +51,8 @@ class TaskSpec:
     loader: Callable[..., TaskData] | None = None
     description: str = ""
     defaults: dict[str, Any] = field(default_factory=dict)  # training defaults (epochs, lr, ...)
+    # predict time: (rows, data_dir, source, lines) -> rows filled and checked (e.g. SMILES from drug names)
+    prepare_rows: Callable[..., list[dict]] | None = None
 
     def __post_init__(self):
         if self.head not in {"regression", "classification"}:

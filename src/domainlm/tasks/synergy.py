@@ -143,6 +143,37 @@ def _swapped(example: Example) -> Example:
     return Example(id=f"{example.id}|swapped", fields=fields, label=example.label, group=example.group)
 
 
+def prepare_prediction_rows(rows: list[dict], data_dir, source: str = "input", lines=None) -> list[dict]:
+    """Complete rows to score: SMILES looked up from drug names where not given, and the cell line checked
+    against those the model could have seen in training (an unseen one is an error, naming the row)."""
+    folder = resolve_dataset_dir(data_dir, "synergy", LABELS_FILE)
+    smiles, _ = _read_drugs(folder / DRUGS_FILE, skip_invalid=True)
+    cell_lines = {row["cell_line"].strip() for _, row in _read_rows(folder / LABELS_FILE)}
+    out = []
+    for n, row in zip(lines or range(2, len(rows) + 2), rows):
+        row = dict(row)
+        for side in ("a", "b"):
+            name = str(row.get(f"drug_{side}") or "").strip()
+            if not str(row.get(f"smiles_{side}") or "").strip():
+                if name not in smiles:
+                    raise InputError(
+                        f"unknown drug {name!r} (no smiles_{side} given and not in {DRUGS_FILE})",
+                        source=source,
+                        item=f"line {n}",
+                    )
+                row[f"smiles_{side}"] = smiles[name]
+        cell = str(row.get("cell_line") or "").strip()
+        if cell not in cell_lines:
+            raise InputError(
+                f"unknown cell line {cell!r}; the model was trained on {len(cell_lines)} cell lines "
+                f"of {LABELS_FILE}",
+                source=source,
+                item=f"line {n}",
+            )
+        out.append(row)
+    return out
+
+
 def _read_drugs(path: Path, skip_invalid: bool) -> tuple[dict[str, str], set[str]]:
     smiles: dict[str, str] = {}
     invalid: set[str] = set()
@@ -189,6 +220,7 @@ SYNERGY = register_task(
     TaskSpec(
         name="synergy",
         template=SYNERGY_TEMPLATE,
+        prepare_rows=prepare_prediction_rows,
         head="regression",
         metrics=("mse", "mae", "pearson"),
         primary_metric="mse",
