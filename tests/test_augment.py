@@ -55,7 +55,7 @@ def scripted(body: dict, attempt: int) -> FakeResponse:
     faults = {
         (0, 0): [FakeResponse(status=429, headers={"Retry-After": "0"})],
         (1, 0): [FakeResponse(status=500), FakeResponse(status=503)],
-        (2, 0): [FakeResponse(delay=1.0)],  # longer than the client timeout
+        (2, 0): [FakeResponse(delay=4.0)],  # longer than the client timeout (2 s)
         (3, 0): [FakeResponse(raw=b'{"choices": [tru')],  # a garbled HTTP body
     }
     if attempt < len(faults.get((item, sample), [])):
@@ -95,7 +95,7 @@ def test_faults_and_bad_replies(tmp_path):
     out = tmp_path / "out"
     with FakeTeacherServer(scripted) as server:
         manifest = run_augment(
-            splits, make_teacher(server.url, timeout=0.3), config(), out, show_progress=False
+            splits, make_teacher(server.url, timeout=2.0), config(), out, show_progress=False
         )
         assert server.requests == 20 + 5  # 20 samples plus one retry per scripted fault attempt
         counts = manifest["counts"]
@@ -121,7 +121,7 @@ def test_faults_and_bad_replies(tmp_path):
         assert manifest["usage"]["prompt_tokens"] > 0 and manifest["templates"]["rewrite"]["sha256"]
 
         first = {name: (out / name).read_bytes() for name in ("train.jsonl", "rejects.jsonl", "dev.jsonl")}
-        again = run_augment(splits, make_teacher(server.url, timeout=0.3), config(), out, show_progress=False)
+        again = run_augment(splits, make_teacher(server.url, timeout=2.0), config(), out, show_progress=False)
         assert server.requests == 25  # a rerun of a finished job sends nothing
         assert again["counts"]["replies_from_cache"] == 20 and again["usage_this_run"]["prompt_tokens"] == 0
         assert {name: (out / name).read_bytes() for name in first} == first
