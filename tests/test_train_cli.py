@@ -78,31 +78,8 @@ def test_function_stage_overfits_and_writes_a_complete_run(saved_model, tmp_path
     family, model = saved_model
     data = write_csv(tmp_path / "toy.csv", toy_rows())
     out = tmp_path / "run"
-    res = invoke(
-        "train",
-        "--model",
-        model,
-        "--data",
-        data,
-        "--template",
-        TEMPLATE,
-        "--label-column",
-        "y",
-        "--split-column",
-        "",
-        "--char-level",
-        "SMILES",
-        "--train-domain-tags",
-        "--epochs",
-        40,
-        "--lr",
-        1e-2,
-        "--batch-size",
-        4,
-        "--grad-accum",
-        1,
-        "--out",
-        out,
+    res = train_user_task(
+        model, data, out, "--split-column", "", "--char-level", "SMILES", "--train-domain-tags", epochs=40
     )
     assert res.exit_code == 0, res.output
     history = json.loads((out / "history.json").read_text())
@@ -254,29 +231,7 @@ def test_predict_refuses_unknown_tags(saved_model, tmp_path):
     _, model = saved_model
     data = write_csv(tmp_path / "toy.csv", toy_rows())
     out = tmp_path / "run"
-    assert (
-        invoke(
-            "train",
-            "--model",
-            model,
-            "--data",
-            data,
-            "--template",
-            TEMPLATE,
-            "--label-column",
-            "y",
-            "--epochs",
-            1,
-            "--batch-size",
-            4,
-            "--grad-accum",
-            1,
-            "--train-domain-tags",
-            "--out",
-            out,
-        ).exit_code
-        == 0
-    )
+    assert train_user_task(model, data, out, "--train-domain-tags", epochs=1).exit_code == 0
     res = invoke(
         "predict",
         "--model",

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from domainlm.errors import InputError
+from domainlm.io import read_jsonl_objects
 
 
 def read_corpus(path: str | Path, text_column: str | None = None) -> list[str]:
@@ -39,13 +40,7 @@ def read_corpus(path: str | Path, text_column: str | None = None) -> list[str]:
 def _column(path: Path, column: str, suffix: str) -> list[str]:
     out = []
     if suffix == ".jsonl":
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"not valid JSON ({e.msg})", source=str(path), item=f"line {n}") from None
+        for n, row in read_jsonl_objects(path):
             if column not in row:
                 raise InputError(f"no field {column!r}", source=str(path), item=f"line {n}")
             out.append(str(row[column]))

@@ -42,6 +42,26 @@ def write_jsonl(path: str | os.PathLike, rows) -> None:
     write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in rows))
 
 
+def read_jsonl_objects(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; a line that is not a JSON object is an error
+    naming the file and line."""
+    from domainlm.errors import InputError
+
+    with open(path, encoding="utf-8-sig") as f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise InputError(
+                    f"not valid JSON ({e.msg})", source=str(path), item=f"line {number}"
+                ) from None
+            if not isinstance(obj, dict):
+                raise InputError("expected a JSON object", source=str(path), item=f"line {number}")
+            yield number, obj
+
+
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()

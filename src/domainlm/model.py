@@ -268,12 +268,16 @@ class TaggedModel(nn.Module):
             if None in function_tags or len(function_tags) != 1:
                 raise InputError("labelled inputs must all end in the same function tag")
             name = function_tags.pop()
-            head = self.specs[name].head
-            if head is None:
-                raise InputError(f"function tag <{name}> has no head to train with labels")
-            dtype = torch.float32 if head.type == "regression" else torch.long
-            batch["labels"] = torch.as_tensor(_label_values(labels, head), dtype=dtype)
+            batch["labels"] = self.label_tensor(name, labels)
         return batch
+
+    def label_tensor(self, function_tag: str, labels) -> torch.Tensor:
+        """Labels checked against the tag's head: finite floats, or class indices / names."""
+        head = self.specs[function_tag].head
+        if head is None:
+            raise InputError(f"function tag <{function_tag}> has no head to train with labels")
+        dtype = torch.float32 if head.type == "regression" else torch.long
+        return torch.as_tensor(_label_values(labels, head), dtype=dtype)
 
     # ---- forward ------------------------------------------------------------------------------------
     def tag_table(self) -> torch.Tensor:

@@ -245,11 +245,6 @@ def write_predictions(path: Path, split: Split, preds: np.ndarray, spec: TaskSpe
                 w.writerow([i, y, int(np.argmax(p)), *map(float, p)])
 
 
-def check_task_data(data: TaskData, spec: TaskSpec) -> None:
-    if not data.train:
-        raise DomainLMError(f"task {spec.name}: the training split is empty")
-
-
 def train_domain_tag(
     texts: list[str],
     tag: str,

@@ -187,16 +187,8 @@ def reused_forward(tm: TaggedModel, cache: SpanCache, inputs: list, labels=None)
         ).last_hidden_state
     readout = torch.tensor([f[3] for f in func], device=device)
     rows = torch.arange(B, device=device)
-    label_tensor = _labels(tm, head, labels) if labels is not None else None
+    label_tensor = tm.label_tensor(head, labels) if labels is not None else None
     return tm.apply_head(TaggedOutput(), head, hidden[rows, readout], label_tensor)
-
-
-def _labels(tm: TaggedModel, head: str, labels) -> torch.Tensor:
-    from domainlm.model import _label_values
-
-    spec = tm.specs[head].head
-    dtype = torch.float32 if spec.type == "regression" else torch.long
-    return torch.as_tensor(_label_values(labels, spec), dtype=dtype)
 
 
 def _assemble(stored, split, layer: int, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:

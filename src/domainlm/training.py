@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from transformers import get_scheduler
 
-from domainlm import io
 from domainlm.errors import DomainLMError
 from domainlm.model import TaggedModel
 from domainlm.progress import progress_bar
@@ -408,7 +407,3 @@ def predict(
             bar.update(min(s + batch_size, len(order)))
     tm.train(was_training)
     return np.stack([outs[i] for i in range(len(inputs))])
-
-
-def save_history(history: list[dict], path: Path) -> None:
-    io.write_json(path, history)

@@ -115,25 +115,16 @@ def read_qa_jsonl(path: str | os.PathLike, *, allow_empty: bool = False) -> list
         raise InputError("QA file not found", source=str(path))
     items: list[QAItem] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for number, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise InputError(
-                    f"not valid JSON ({e.msg})", source=str(path), item=f"line {number}"
-                ) from None
-            item = QAItem.from_dict(record, source=path, line=number)
-            if item.id in seen:
-                raise InputError(
-                    f"duplicate id {item.id!r} (first on line {seen[item.id]})",
-                    source=str(path),
-                    item=f"line {number}",
-                )
-            seen[item.id] = number
-            items.append(item)
+    for number, record in io.read_jsonl_objects(path):
+        item = QAItem.from_dict(record, source=path, line=number)
+        if item.id in seen:
+            raise InputError(
+                f"duplicate id {item.id!r} (first on line {seen[item.id]})",
+                source=str(path),
+                item=f"line {number}",
+            )
+        seen[item.id] = number
+        items.append(item)
     if not items and not allow_empty:
         raise InputError("the QA file holds no items", source=str(path))
     return items

@@ -270,15 +270,11 @@ load_descriptor = CorpusLoader(
 )
 
 
-REGRESSION_METRICS = ("mse", "mae", "pearson", "spearman")
-
+# Regression head, metrics (mse, mae, pearson, spearman) and selection by mse are TaskSpec's defaults.
 QED = register_task(
     TaskSpec(
         name="qed",
         template=QED_TEMPLATE,
-        head="regression",
-        metrics=REGRESSION_METRICS,
-        primary_metric="mse",
         char_level_tags=("SMILES",),
         loader=load_qed,
         description="RDKit QED of DTC kinase ligands from their SMILES (corpora/dtc_ligands.json)",
@@ -290,9 +286,6 @@ DESCRIPTOR = register_task(
     TaskSpec(
         name="descriptor",
         template=DESCRIPTOR_TEMPLATE,
-        head="regression",
-        metrics=REGRESSION_METRICS,
-        primary_metric="mse",
         char_level_tags=("Protein",),
         loader=load_descriptor,
         description="mean BLOSUM1 index (peptides) of DTC kinase sequences (corpora/dtc_proteins.json)",

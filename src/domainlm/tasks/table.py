@@ -8,7 +8,6 @@ or `<Protein>` marker are checked with RDKit / the 20 standard residues.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from domainlm.errors import InputError
 from domainlm.features import check_protein, parse_smiles
+from domainlm.io import read_jsonl_objects
 from domainlm.tasks.base import Example, TaskData
 from domainlm.template import Template
 
@@ -97,18 +97,7 @@ def _read_csv(path: Path, delimiter: str) -> tuple[list[str], list[Record]]:
 
 
 def _read_jsonl(path: Path) -> tuple[list[str], list[Record]]:
-    records = []
-    with open(path, encoding="utf-8-sig") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                raise InputError(f"not valid JSON: {e}", source=str(path), item=f"line {line_no}") from e
-            if not isinstance(obj, dict):
-                raise InputError("expected a JSON object", source=str(path), item=f"line {line_no}")
-            records.append(Record(line_no, obj))
+    records = [Record(line_no, obj) for line_no, obj in read_jsonl_objects(path)]
     columns = list(dict.fromkeys(k for r in records for k in r.values))
     return columns, records
 
