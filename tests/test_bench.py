@@ -131,3 +131,71 @@ def test_a_failing_method_does_not_cost_the_others(setup, monkeypatch, tmp_path)
         )
     rows = json.loads((out / "qed.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["mean", "random_forest"]
+
+
+def synergy_dataset(root):
+    """Six drugs on three cell lines, every pair in one fold (as in O'Neil), three or more rows a fold."""
+    import csv
+    import itertools
+
+    drugs = {"A": "CCO", "B": "c1ccccc1", "C": "CC(=O)O", "D": "CCN", "E": "CCCC", "F": "OCCO"}
+    root.mkdir(parents=True)
+    with open(root / "oneil_drugs.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("name", "smiles"), *drugs.items()])
+    rows = [("", "drug_a_name", "drug_b_name", "cell_line", "synergy", "fold")]
+    for i, (a, b) in enumerate(itertools.combinations(drugs, 2)):
+        for j, cell in enumerate(("X", "Y", "Z")):
+            rows.append((f"{a}_{b}_{cell}", a, b, cell, str((i * 7 + j * 3) % 11 - 5), str(i % 5)))
+    with open(root / "oneil_labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return root
+
+
+def test_killed_fold_bench_resumes_without_redoing_finished_folds(monkeypatch, tmp_path):
+    from domainlm.bench import Bench
+
+    data = synergy_dataset(tmp_path / "synergy")
+    config = BenchSettings(task="synergy", data_dir=str(data), methods=("mean", "random_forest"))
+    out = tmp_path / "results"
+    original, ran = Bench.run_one, []
+
+    def killed_in_fold2(self, method, fold, data):
+        if fold == "fold2":
+            raise KeyboardInterrupt  # what Ctrl-C or a kill signal turned into an exception looks like
+        ran.append((method, fold))
+        return original(self, method, fold, data)
+
+    monkeypatch.setattr(Bench, "run_one", killed_in_fold2)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(config, out, log=lambda _: None)
+    assert ran == [(m, f) for f in ("fold0", "fold1") for m in ("mean", "random_forest")]
+
+    ran.clear()
+    monkeypatch.setattr(Bench, "run_one", lambda self, *a: (ran.append(a[:2]), original(self, *a))[1])
+    logged = []
+    rows = run_bench(config, out, resume=True, log=logged.append)
+    assert ran == [(m, f) for f in ("fold2", "fold3", "fold4") for m in ("mean", "random_forest")]
+    assert "synergy/fold0: every method already finished" in logged
+    assert len(rows) == 10
+
+    record = json.loads((out / "synergy.json").read_text())
+    forest = next(s for s in record["summary"] if s["method"] == "random_forest")
+    per_fold = [r["test_mae"] for r in record["rows"] if r["method"] == "random_forest"]
+    assert forest["folds"] == 5 and forest["test_mae"] == pytest.approx(sum(per_fold) / 5)
+    assert forest["test_mae_std"] > 0
+    assert record["published_anchors"][0]["test_pearson"] == 0.73
+    markdown = (out / "synergy.md").read_text()
+    assert "Mean +- std over folds" in markdown and "DeepSynergy" in markdown
+    assert (out / "synergy" / "plots" / "folds_mae.png").stat().st_size > 0
+
+
+def test_anchor_comparison_needs_every_reported_metric():
+    from domainlm.bench import PUBLISHED_ANCHORS, Bench
+
+    anchors = PUBLISHED_ANCHORS["dta"]
+    rows = [
+        {"method": "a", "fold": "test", "test_mse": 0.25, "test_ci": 0.88},  # beats DeepDTA only
+        {"method": "b", "fold": "test", "test_mse": 0.20, "test_ci": 0.85},  # lower MSE, worse CI: none
+        {"method": "c", "fold": "test", "test_mse": None, "test_ci": 0.95},
+    ]
+    assert Bench.beats(rows, anchors) == {"a/test": ["DeepDTA (Davis)"]}

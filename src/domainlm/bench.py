@@ -41,6 +41,18 @@ PAPER_REFERENCE = {
     "nearest neighbour 0.012",
 }
 
+# Published expert models on the same data and protocol (docs/methods.md): (model, {test metric: value}).
+# Printed beside our rows; a row "beats" an anchor when it is better on every metric the anchor reports.
+PUBLISHED_ANCHORS: dict[str, list[tuple[str, dict[str, float]]]] = {
+    "dta": [
+        ("DeepDTA (Davis)", {"mse": 0.261, "ci": 0.878}),
+        ("GraphDTA (Davis)", {"mse": 0.229, "ci": 0.893}),
+        ("best recent (Davis)", {"mse": 0.195, "ci": 0.906}),
+    ],
+    "synergy": [("DeepSynergy (O'Neil, 5-fold)", {"pearson": 0.73})],
+}
+LOWER_IS_BETTER = {"mse", "mae", "rmse"}
+
 
 @dataclass
 class BenchSettings:
@@ -65,6 +77,13 @@ class BenchSettings:
     # Inputs longer than the model's positions: the tag method's overflow policy; the peft baselines always
     # cut the data span's end (both counted in the rows).
     overflow: str = "truncate"
+    max_span_tokens: int | None = None  # tag method: longest data span kept whole (truncate / window)
+    # Tag method engine: isolated spans (None: the task's default) and reuse of span keys/values
+    # (None: whenever isolated spans are frozen), bounded by a memory budget and optionally stored in 16 bits.
+    isolate: bool | None = None
+    reuse: bool | None = None
+    cache_budget_gb: float | None = None
+    cache_dtype: str | None = None
     dtype: str = "float32"
     device: str | None = None
 
@@ -78,7 +97,8 @@ class BenchSettings:
 
     def comparable(self) -> dict[str, Any]:
         """The settings a row records and a resumed run must match (not which methods or folds run)."""
-        skip = {"methods", "folds", "data_dir", "device"}
+        # reuse and the cache budget change speed, never results (reuse is exact: tests/test_reuse.py)
+        skip = {"methods", "folds", "data_dir", "device", "reuse", "cache_budget_gb"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
@@ -222,6 +242,11 @@ class Bench:
             seed=s.seed,
             train_domain_tags=joint,
             overflow=s.overflow,
+            max_span_tokens=s.max_span_tokens,
+            isolate=s.isolate,
+            reuse=s.reuse,
+            cache_budget_gb=s.cache_budget_gb,
+            cache_dtype=s.cache_dtype,
             dtype=s.dtype,
             device=s.device,
         )
@@ -357,6 +382,13 @@ class Bench:
         }
         if multi:
             record["summary"] = self.summary(rows)
+            self.plot_folds(rows)
+        anchors = PUBLISHED_ANCHORS.get(self.spec.name)
+        if anchors:
+            record["published_anchors"] = [
+                {"model": n, **{f"test_{k}": v for k, v in m.items()}} for n, m in anchors
+            ]
+            record["beats"] = self.beats(record.get("summary") or rows, anchors)
         io.write_json(self.out / f"{self.spec.name}.json", record)
         io.write_text(self.out / f"{self.spec.name}.md", self.markdown(rows, record.get("summary")))
 
@@ -386,7 +418,45 @@ class Bench:
                 lines.append(_md_row(cells))
         if self.spec.name in PAPER_REFERENCE:
             lines += ["", f"Paper, LLaMA-7B, full data (test MSE): {PAPER_REFERENCE[self.spec.name]}."]
+        anchors = PUBLISHED_ANCHORS.get(self.spec.name)
+        if anchors:
+            lines += ["", "Published anchors (their papers, full training data):", ""]
+            lines += [f"* {name}: " + ", ".join(f"test_{k} {v}" for k, v in m.items()) for name, m in anchors]
+            beaten = self.beats(summary or rows, anchors)
+            lines += ["", "Rows that beat an anchor (better on every metric it reports): "]
+            lines[-1] += (
+                "; ".join(f"{m} beats {', '.join(a)}" for m, a in beaten.items()) if beaten else "none."
+            )
         return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def beats(rows: list[dict], anchors) -> dict[str, list[str]]:
+        """method -> the anchors it beats (per-fold rows: by their mean, as the anchors are reported)."""
+        out = {}
+        for r in rows:
+            won = [
+                name for name, m in anchors if all(_better(r.get(f"test_{k}"), v, k) for k, v in m.items())
+            ]
+            if won:
+                out[f"{r['method']}" + (f"/{r['fold']}" if "fold" in r else "")] = won
+        return out
+
+    def plot_folds(self, rows: list[dict]) -> None:
+        """Per-fold bars of every metric, one chart per metric, methods side by side."""
+        for metric in self.spec.metrics:
+            groups: dict[str, dict[str, float]] = {}
+            for r in rows:
+                if r.get(f"test_{metric}") is not None:
+                    groups.setdefault(r["method"], {})[r["fold"]] = r[f"test_{metric}"]
+            if groups:
+                title = f"{self.spec.name} on {self.settings.model}: test {metric} per fold"
+                plots.grouped_bars(groups, self.dir / "plots" / f"folds_{metric}.png", metric, title)
+
+
+def _better(ours, theirs: float, metric: str) -> bool:
+    if ours is None:
+        return False
+    return ours < theirs if metric in LOWER_IS_BETTER else ours > theirs
 
 
 def _run_status(run_dir: Path) -> str | None:

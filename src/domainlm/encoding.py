@@ -9,6 +9,7 @@ alone. The function segment then starts at the longest other segment's length.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from domainlm.errors import InputError
@@ -44,6 +45,7 @@ class EncodedExample:
 
 
 OVERFLOW_MODES = ("error", "truncate", "window")
+SPAN_CACHE_ITEMS = 50_000  # tokenised data spans kept per encoder (least recently used go first)
 
 
 @dataclass
@@ -89,6 +91,9 @@ class Encoder:
         self.placeholder = placeholder_id
         self.prefix, self.suffix = _special_tokens(tokenizer)
         self._char_cache: dict[str, list[int]] = {}
+        # Data spans recur (a protein in every pair it is measured in, epoch after epoch), and tokenising a
+        # 2,000-residue protein character by character is what encoding spends its time on.
+        self._span_cache: OrderedDict[tuple, tuple[int, ...]] = OrderedDict()
         self._space_joins = _space_joins_token(tokenizer)
 
     def parts(self, item, index: int) -> list[Part]:
@@ -184,6 +189,19 @@ class Encoder:
 
     def _tokens(self, part: Part, first: bool) -> list[int]:
         spec = self.specs.get(part.domain) if part.domain else None
+        if part.kind == "data":
+            key = (part.domain, part.value, first, bool(spec and spec.char_level))
+            if key in self._span_cache:
+                self._span_cache.move_to_end(key)
+                return list(self._span_cache[key])
+            ids = self._uncached_tokens(part, first, spec)
+            self._span_cache[key] = tuple(ids)
+            if len(self._span_cache) > SPAN_CACHE_ITEMS:
+                self._span_cache.popitem(last=False)
+            return ids
+        return self._uncached_tokens(part, first, spec)
+
+    def _uncached_tokens(self, part: Part, first: bool, spec) -> list[int]:
         if part.kind == "data" and spec is not None and spec.char_level:
             return [t for ch in part.value.strip() for t in self._char(ch)]
         text = part.value.strip()

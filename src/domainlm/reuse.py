@@ -63,7 +63,11 @@ def longest_span_key(tm: TaggedModel, item, index: int = 0) -> SpanKey:
 
 
 class SpanCache:
-    """Per-layer keys/values of spans, computed once and kept within `budget_bytes` (None: no limit)."""
+    """Per-layer keys/values of spans, computed once and kept within `budget_bytes` (None: no limit).
+
+    A span's entry is one tensor [layers, 2 (key, value), kv_heads, length, head_dim], so a batch's store is
+    assembled with one copy per span rather than one per span, layer and key/value (on a GPU the per-copy
+    launch cost, not the arithmetic, is what a reused step spends its time on)."""
 
     def __init__(
         self,
@@ -79,7 +83,7 @@ class SpanCache:
                 f"{type(tm.base).__name__} does not"
             )
         self.tm, self.budget, self.dtype, self.batch_size = tm, budget_bytes, dtype, batch_size
-        self.store: OrderedDict[SpanKey, list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        self.store: OrderedDict[SpanKey, torch.Tensor] = OrderedDict()
         self.bytes = 0
         self.stats = ReuseStats()
 
@@ -105,19 +109,19 @@ class SpanCache:
                 self._insert(key, kv)
         return found
 
-    def _insert(self, key: SpanKey, kv) -> None:
-        size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
+    def _insert(self, key: SpanKey, kv: torch.Tensor) -> None:
+        size = kv.numel() * kv.element_size()
         if self.budget is not None and size > self.budget:
             return
         self.store[key] = kv
         self.bytes += size
         while self.budget is not None and self.bytes > self.budget:
             _, old = self.store.popitem(last=False)
-            self.bytes -= sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in old)
+            self.bytes -= old.numel() * old.element_size()
             self.stats.evictions += 1
 
     @torch.no_grad()
-    def _compute(self, chunk) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    def _compute(self, chunk) -> list[torch.Tensor]:
         tm = self.tm
         device = tm.device
         n = max(len(ids) for _, ids, _ in chunk)
@@ -130,16 +134,9 @@ class SpanCache:
         with attention.override(attention.AttentionOverride(record=record)):
             tm.backbone(inputs_embeds=tm.embed(ids, slots), attention_mask=mask, position_ids=positions)
         self.stats.computed_tokens += int(mask.sum())
-        out = []
-        for i, c in enumerate(chunk):
-            length = len(c[1])
-            out.append(
-                [
-                    (self._keep(record[layer][0][i, :, :length]), self._keep(record[layer][1][i, :, :length]))
-                    for layer in sorted(record)
-                ]
-            )
-        return out
+        layers = [torch.stack(record[layer]) for layer in sorted(record)]  # each [2, B, KV, n, D]
+        everything = torch.stack(layers)  # [L, 2, B, KV, n, D]
+        return [self._keep(everything[:, :, i, :, : len(c[1])]) for i, c in enumerate(chunk)]
 
     def _keep(self, t: torch.Tensor) -> torch.Tensor:
         t = t.detach()
@@ -156,7 +153,7 @@ def reused_forward(tm: TaggedModel, cache: SpanCache, inputs: list, labels=None)
     split = [split_example(ex) for ex in examples]
     stored = cache.get([span for spans, _ in split for span in spans])
     device = tm.device
-    n_layers = len(next(iter(stored.values()))) if stored else 0
+    n_layers = next(iter(stored.values())).shape[0] if stored else 0
     prefix_len = [sum(len(ids) for _, ids, _ in spans) for spans, _ in split]
     P = max(prefix_len)
     func = [
@@ -167,7 +164,7 @@ def reused_forward(tm: TaggedModel, cache: SpanCache, inputs: list, labels=None)
     B = len(examples)
     pad = tm.encoder.placeholder
 
-    prefix = [_assemble(stored, split, layer, P, device) for layer in range(n_layers if P else 0)]
+    prefix = _assemble(stored, split, P, device) if P and n_layers else []
 
     ids = torch.tensor([f[0] + [pad] * (Q - len(f[0])) for f in func], device=device)
     slots = torch.tensor([f[1] + [-1] * (Q - len(f[1])) for f in func], device=device)
@@ -191,16 +188,14 @@ def reused_forward(tm: TaggedModel, cache: SpanCache, inputs: list, labels=None)
     return tm.apply_head(TaggedOutput(), head, hidden[rows, readout], label_tensor)
 
 
-def _assemble(stored, split, layer: int, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """One layer's stored keys/values for a batch, each example's spans laid end to end (one copy)."""
-    ref = next(iter(stored.values()))[layer][0]
-    keys = ref.new_zeros((len(split), ref.shape[0], length, ref.shape[2]), device=device)
-    values = torch.zeros_like(keys)
+def _assemble(stored, split, length: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every layer's stored keys/values for a batch, each example's spans laid end to end: one copy a span."""
+    ref = next(iter(stored.values()))
+    layers, _, kv_heads, _, head_dim = ref.shape
+    kv = ref.new_zeros((layers, 2, len(split), kv_heads, length, head_dim), device=device)
     for b, (spans, _) in enumerate(split):
         offset = 0
         for key, ids, _ in spans:
-            k, v = stored[key][layer]
-            keys[b, :, offset : offset + len(ids)] = k
-            values[b, :, offset : offset + len(ids)] = v
+            kv[:, :, b, :, offset : offset + len(ids)] = stored[key]
             offset += len(ids)
-    return keys, values
+    return [(kv[layer, 0], kv[layer, 1]) for layer in range(layers)]

@@ -10,7 +10,15 @@ from rich.console import Console
 from rich.table import Table
 
 from domainlm.cli import app
-from domainlm.cli.options import parse_key_values
+from domainlm.cli.options import (
+    CacheBudgetOpt,
+    CacheDtypeOpt,
+    IsolateOpt,
+    MaxSpanOpt,
+    OverflowOpt,
+    ReuseOpt,
+    parse_key_values,
+)
 
 Opt = typer.Option
 METHODS_HELP = (
@@ -60,6 +68,12 @@ def bench(
         ),
     ] = None,
     fold: Annotated[list[str], Opt(help="run only this fold (repeatable; multi-fold tasks)")] = None,
+    overflow: OverflowOpt = "truncate",
+    max_span_tokens: MaxSpanOpt = None,
+    isolate: IsolateOpt = None,
+    reuse: ReuseOpt = None,
+    cache_budget_gb: CacheBudgetOpt = None,
+    cache_dtype: CacheDtypeOpt = None,
     dtype: Annotated[str, Opt(help="float32 | bfloat16 | float16")] = "float32",
     device: Annotated[str, Opt(help="cpu, cuda, ... (default: cpu)")] = None,
     threads: Annotated[
@@ -98,6 +112,12 @@ def bench(
         tags=list(tags or []),
         train_domain_tags=train_domain_tags,
         folds=list(fold) if fold else None,
+        overflow=overflow,
+        max_span_tokens=max_span_tokens,
+        isolate=isolate,
+        reuse=reuse,
+        cache_budget_gb=cache_budget_gb,
+        cache_dtype=cache_dtype,
         dtype=dtype,
         device=device,
     )
@@ -106,6 +126,7 @@ def bench(
         settings, out, resume=resume, overwrite=overwrite, log=lambda m: err.print(m, markup=False)
     )
     print_table(rows, task, out)
+    _print_anchors(task)
 
 
 def print_table(rows: list[dict], task: str, out: Path) -> None:
@@ -120,3 +141,10 @@ def print_table(rows: list[dict], task: str, out: Path) -> None:
         cells += [f"{params:,}" if params is not None else "n/a", f"{row['seconds']:.0f}"]
         table.add_row(*cells)
     Console().print(table)
+
+
+def _print_anchors(task: str) -> None:
+    from domainlm.bench import PUBLISHED_ANCHORS
+
+    for name, metrics in PUBLISHED_ANCHORS.get(task, []):
+        Console().print(f"published: {name}: " + ", ".join(f"test_{k} {v}" for k, v in metrics.items()))

@@ -3,11 +3,44 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 import yaml
 
 from domainlm.errors import DomainLMError
+
+# Tag-engine options shared by `train` and `bench`.
+IsolateOpt = Annotated[
+    bool,
+    typer.Option(
+        "--isolate/--no-isolate",
+        help="domain spans cannot see tokens before their tag (default: on for regression heads)",
+    ),
+]
+ReuseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--reuse/--no-reuse",
+        help="compute each isolated span's keys/values once and reuse them "
+        "(default: whenever spans are isolated and domain tags frozen)",
+    ),
+]
+CacheBudgetOpt = Annotated[
+    float,
+    typer.Option(help="memory bound for reused keys/values; when it binds, batches are grouped by span"),
+]
+CacheDtypeOpt = Annotated[
+    str, typer.Option(help="store reused keys/values as bfloat16 or float16 (half the memory)")
+]
+OverflowOpt = Annotated[
+    str,
+    typer.Option(
+        help="over-long inputs: error, truncate (keep the start of long data spans), or window (split long "
+        "spans into windows, each behind its own domain tag); counts are logged"
+    ),
+]
+MaxSpanOpt = Annotated[int, typer.Option(help="longest data span kept whole (truncate length / window size)")]
 
 
 def load_config_file(path: str | Path | None) -> dict[str, Any]:

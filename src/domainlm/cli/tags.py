@@ -11,7 +11,17 @@ from rich.console import Console
 from rich.table import Table
 
 from domainlm.cli import app
-from domainlm.cli.options import load_config_file, merge, parse_key_values
+from domainlm.cli.options import (
+    CacheBudgetOpt,
+    CacheDtypeOpt,
+    IsolateOpt,
+    MaxSpanOpt,
+    OverflowOpt,
+    ReuseOpt,
+    load_config_file,
+    merge,
+    parse_key_values,
+)
 from domainlm.errors import DomainLMError
 
 console = Console()
@@ -125,37 +135,12 @@ def train(
     batch_size: Annotated[int, Opt(help="batch size")] = None,
     grad_accum: Annotated[int, Opt(help="gradient accumulation steps")] = None,
     tag_length: Annotated[int, Opt(help="vectors per new tag (p)")] = None,
-    isolate: Annotated[
-        bool,
-        Opt(
-            "--isolate/--no-isolate",
-            help="domain spans cannot see tokens before their tag (default: on for regression heads)",
-        ),
-    ] = None,
-    reuse: Annotated[
-        bool,
-        Opt(
-            "--reuse/--no-reuse",
-            help="compute each isolated span's keys/values once and reuse them "
-            "(default: whenever spans are isolated and domain tags frozen)",
-        ),
-    ] = None,
-    cache_budget_gb: Annotated[
-        float, Opt(help="memory bound for reused keys/values; when it binds, batches are grouped by span")
-    ] = None,
-    cache_dtype: Annotated[
-        str, Opt(help="store reused keys/values as bfloat16 or float16 (half the memory)")
-    ] = None,
-    overflow: Annotated[
-        str,
-        Opt(
-            help="over-long inputs: error (default), truncate (keep the start of long data spans), or "
-            "window (split long spans into windows, each behind its own domain tag); counts are logged"
-        ),
-    ] = None,
-    max_span_tokens: Annotated[
-        int, Opt(help="longest data span kept whole (truncate length / window size)")
-    ] = None,
+    isolate: IsolateOpt = None,
+    reuse: ReuseOpt = None,
+    cache_budget_gb: CacheBudgetOpt = None,
+    cache_dtype: CacheDtypeOpt = None,
+    overflow: OverflowOpt = None,
+    max_span_tokens: MaxSpanOpt = None,
     enrich: Annotated[
         bool, Opt("--enrich", help="also train domain tags with the LM loss (paper ablation)")
     ] = None,
