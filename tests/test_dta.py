@@ -1,5 +1,6 @@
 import json
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -124,3 +125,67 @@ def test_missing_files_are_named(tmp_path):
     (root / "folds/test_fold_setting1.txt").unlink()
     with pytest.raises(InputError, match="test_fold_setting1.txt: fold file not found"):
         load(root)
+
+
+def test_train_then_predict_new_pairs_and_refuse_bad_rows(tmp_path):
+    """`domainlm predict` on a dta run scores protein-drug rows from a CSV; a bad row is named by line."""
+    import csv
+
+    from typer.testing import CliRunner
+
+    from domainlm.cli import _register, app
+    from domainlm.testing import tiny_model
+
+    model, tokenizer = tiny_model("bert")
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    data = write_dataset(tmp_path / "tiny")
+    _register()
+
+    def invoke(*args):
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        assert result.exit_code in (0, 2), result.output  # 2: a DomainLMError, reported cleanly
+        return result
+
+    run = tmp_path / "run"
+    res = invoke(
+        "train",
+        "--task",
+        "dta",
+        "--data-dir",
+        data,
+        "--model",
+        tmp_path / "model",
+        "--out",
+        run,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "1",
+    )
+    assert res.exit_code == 0, res.output
+
+    def write(rows):
+        path = tmp_path / "pairs.csv"
+        with open(path, "w", newline="") as f:
+            csv.writer(f).writerows([("protein", "smiles"), *rows])
+        return path
+
+    out = tmp_path / "pred.csv"
+    res = invoke(
+        "predict", "--run", run, "--input", write([("MKVLA", "CCO"), ("wygg", "c1ccccc1")]), "--out", out
+    )
+    assert res.exit_code == 0, res.output
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(np.isfinite(float(r["prediction"])) for r in rows)
+
+    for bad, message in (
+        (("MKVL", "C1CC(("), r"line 3: RDKit cannot parse"),
+        (("MK9L", "CCO"), r"line 3: protein sequence holds non-standard residue\(s\) '9'"),
+    ):
+        res = invoke("predict", "--run", run, "--input", write([("MKVL", "CCO"), bad]), "--out", out)
+        assert res.exit_code == 2
+        assert re.search(message, " ".join(res.output.split())), res.output

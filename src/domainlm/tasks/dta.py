@@ -269,6 +269,19 @@ def _transformed(
     return out
 
 
+def prepare_prediction_rows(rows: list[dict], data_dir=None, source: str = "input", lines=None) -> list[dict]:
+    """Rows to score, checked as training data is: an unparsable SMILES or a sequence with letters that are
+    no residues is an error naming the line (a model would otherwise score garbage without a word)."""
+    out = []
+    for n, row in zip(lines or range(2, len(rows) + 2), rows):
+        row = dict(row)
+        item = f"line {n}"
+        parse_smiles(str(row.get("smiles") or ""), source=source, item=item)
+        row["protein"] = check_protein(str(row.get("protein") or ""), source=source, item=item)
+        out.append(row)
+    return out
+
+
 DTA = register_task(
     TaskSpec(
         name="dta",
@@ -278,6 +291,7 @@ DTA = register_task(
         primary_metric="mse",
         char_level_tags=("Protein", "SMILES"),
         loader=load_dta,
+        prepare_rows=prepare_prediction_rows,
         description="Drug-target binding affinity (Davis pKd by default; any DeepDTA-layout data set).",
         defaults={"epochs": 4, "lr": 1e-4},  # the paper's BA setting
     )
