@@ -17,32 +17,19 @@ import numpy as np
 from domainlm import metrics as metric_functions
 from domainlm.errors import DomainLMError
 from domainlm.features import morgan_fingerprints, one_hot, protein_composition
+from domainlm.registry import Registry
 from domainlm.tasks.base import Example, TaskData
 
-_METHODS: dict[str, type] = {}
-
-
-def register_method(name: str):
-    """Class decorator adding a classical method under `name`; a duplicate name is an error."""
-
-    def add(cls):
-        if name in _METHODS:
-            raise DomainLMError(f"classical method {name!r} is already registered")
-        cls.name = name
-        _METHODS[name] = cls
-        return cls
-
-    return add
+_METHODS = Registry("classical method")
+register_method = _METHODS.register
 
 
 def method_names() -> list[str]:
-    return list(_METHODS)
+    return _METHODS.names()
 
 
 def make_regressor(name: str, seed: int = 0, **params):
-    if name not in _METHODS:
-        raise DomainLMError(f"unknown classical method {name!r}; known: {', '.join(_METHODS)}")
-    return _METHODS[name](seed=seed, **params)
+    return _METHODS.get(name)(seed=seed, **params)
 
 
 class ClassicalRegressor:

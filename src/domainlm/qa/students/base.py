@@ -7,24 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from domainlm.errors import DomainLMError, InputError
+from domainlm.errors import InputError
+from domainlm.registry import Registry
 
 # Modules whose import registers methods; imported on the first lookup so the CLI stays light.
 _METHOD_MODULES = ("domainlm.qa.students.generative", "domainlm.qa.students.classifier")
-_REGISTRY: dict[str, type[Student]] = {}
-
-
-def register_method(name: str):
-    """Class decorator: make a Student subclass available as `--method name`."""
-
-    def add(cls):
-        if name in _REGISTRY:
-            raise DomainLMError(f"student method {name!r} is already registered")
-        cls.method = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return add
+_REGISTRY = Registry("method", attribute="method", error=InputError)
+register_method = _REGISTRY.register
 
 
 def _load_methods() -> None:
@@ -34,14 +23,12 @@ def _load_methods() -> None:
 
 def method_names() -> list[str]:
     _load_methods()
-    return sorted(_REGISTRY)
+    return sorted(_REGISTRY.names())
 
 
 def get_method(name: str) -> type[Student]:
     _load_methods()
-    if name not in _REGISTRY:
-        raise InputError(f"unknown method {name!r}; choose from {sorted(_REGISTRY)}")
-    return _REGISTRY[name]
+    return _REGISTRY.get(name)
 
 
 @dataclass
