@@ -54,6 +54,10 @@ PUBLISHED_ANCHORS: dict[str, list[tuple[str, dict[str, float]]]] = {
 LOWER_IS_BETTER = {"mse", "mae", "rmse"}
 
 
+def anchor_text(name: str, metrics: dict[str, float]) -> str:
+    return f"{name}: " + ", ".join(f"test_{k} {v}" for k, v in metrics.items())
+
+
 @dataclass
 class BenchSettings:
     """Everything that makes two rows comparable; rows made under other settings are never mixed."""
@@ -390,9 +394,10 @@ class Bench:
             ]
             record["beats"] = self.beats(record.get("summary") or rows, anchors)
         io.write_json(self.out / f"{self.spec.name}.json", record)
-        io.write_text(self.out / f"{self.spec.name}.md", self.markdown(rows, record.get("summary")))
+        markdown = self.markdown(rows, record.get("summary"), record.get("beats"))
+        io.write_text(self.out / f"{self.spec.name}.md", markdown)
 
-    def markdown(self, rows: list[dict], summary: list[dict] | None) -> str:
+    def markdown(self, rows: list[dict], summary: list[dict] | None, beaten: dict | None = None) -> str:
         s, first = self.settings, rows[0]
         metrics = [f"test_{m}" for m in self.spec.metrics]
         lines = [
@@ -421,8 +426,7 @@ class Bench:
         anchors = PUBLISHED_ANCHORS.get(self.spec.name)
         if anchors:
             lines += ["", "Published anchors (their papers, full training data):", ""]
-            lines += [f"* {name}: " + ", ".join(f"test_{k} {v}" for k, v in m.items()) for name, m in anchors]
-            beaten = self.beats(summary or rows, anchors)
+            lines += [f"* {anchor_text(name, m)}" for name, m in anchors]
             lines += ["", "Rows that beat an anchor (better on every metric it reports): "]
             lines[-1] += (
                 "; ".join(f"{m} beats {', '.join(a)}" for m, a in beaten.items()) if beaten else "none."

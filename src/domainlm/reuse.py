@@ -134,13 +134,18 @@ class SpanCache:
         with attention.override(attention.AttentionOverride(record=record)):
             tm.backbone(inputs_embeds=tm.embed(ids, slots), attention_mask=mask, position_ids=positions)
         self.stats.computed_tokens += int(mask.sum())
-        layers = [torch.stack(record[layer]) for layer in sorted(record)]  # each [2, B, KV, n, D]
-        everything = torch.stack(layers)  # [L, 2, B, KV, n, D]
-        return [self._keep(everything[:, :, i, :, : len(c[1])]) for i, c in enumerate(chunk)]
+        layers = [record[layer] for layer in sorted(record)]
+        # One [L, 2, KV, n, D] tensor per span, built from the recorded slices directly: stacking the whole
+        # chunk first would hold a second copy of every layer's keys/values at once.
+        out = []
+        for i, c in enumerate(chunk):
+            end = len(c[1])
+            span = torch.stack([torch.stack((k[i, :, :end], v[i, :, :end])) for k, v in layers])
+            out.append(self._keep(span))
+        return out
 
     def _keep(self, t: torch.Tensor) -> torch.Tensor:
-        t = t.detach()
-        return (t.to(self.dtype) if self.dtype is not None else t).contiguous()
+        return t.detach().to(self.dtype) if self.dtype is not None else t.detach()
 
 
 def reused_forward(tm: TaggedModel, cache: SpanCache, inputs: list, labels=None) -> TaggedOutput:

@@ -144,7 +144,7 @@ def print_table(rows: list[dict], task: str, out: Path) -> None:
 
 
 def _print_anchors(task: str) -> None:
-    from domainlm.bench import PUBLISHED_ANCHORS
+    from domainlm.bench import PUBLISHED_ANCHORS, anchor_text
 
     for name, metrics in PUBLISHED_ANCHORS.get(task, []):
-        Console().print(f"published: {name}: " + ", ".join(f"test_{k} {v}" for k, v in metrics.items()))
+        Console().print(f"published: {anchor_text(name, metrics)}")
