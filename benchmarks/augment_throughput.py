@@ -25,6 +25,9 @@ from domainlm import io
 from domainlm.augment import AugmentConfig, make_teacher, run_augment
 from domainlm.qa import QAItem, QASplits
 
+# dev-only helpers (tiny models, a fake OpenAI server) live beside the tests
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -39,10 +42,11 @@ def items(count: int) -> list[QAItem]:
 def server_process(latency: float):
     """A FakeTeacherServer in a child process; yields its URL."""
     code = (
-        "import sys, time; from domainlm.augment.fake_server import FakeTeacherServer; "
+        "import sys, time; from fake_openai import FakeTeacherServer; "
         f"s = FakeTeacherServer(latency={latency}).start(); print(s.url, flush=True); time.sleep(1e6)"
     )
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONPATH": sys.path[0]}
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
     try:
         yield child.stdout.readline().strip()
     finally:

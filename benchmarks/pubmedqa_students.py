@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from domainlm import io
 from domainlm.qa.students import StudentConfig, compare_runs, finetune
 from domainlm.qa.students.compare import markdown
 from domainlm.qa.students.config import Decoding
+
+# dev-only helpers (tiny models, a fake OpenAI server) live beside the tests
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
@@ -64,7 +68,7 @@ def plans(args) -> dict[str, dict]:
 
 
 def tiny_causal_lm() -> Path:
-    from domainlm.testing import tiny_model
+    from tiny_models import tiny_model
 
     path = RUNS / "tiny-llama-model"
     if not (path / "config.json").is_file():

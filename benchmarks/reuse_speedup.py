@@ -15,17 +15,21 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from domainlm import io
-from domainlm.model import TaggedModel
-from domainlm.pipeline import prepare_tags, render_split
+from domainlm.engine.model import TaggedModel
+from domainlm.engine.template import Template
+from domainlm.tagruns import prepare_tags, render_split
 from domainlm.tasks import get_task
-from domainlm.template import Template
 from domainlm.training import TrainConfig, Trainer
+
+# dev-only helpers (tiny models, a fake OpenAI server) live beside the tests
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -42,8 +46,8 @@ def epoch_seconds(tm: TaggedModel, split, config: TrainConfig) -> tuple[float, T
 def load_model(args) -> TaggedModel:
     if not args.random_llama:
         return TaggedModel.from_pretrained(args.model, dtype=args.dtype, device=args.device)
-    from domainlm.model import DTYPES
-    from domainlm.testing import tiny_model
+    from domainlm.engine.model import DTYPES
+    from tiny_models import tiny_model
 
     hidden, layers, heads = (int(x) for x in args.random_llama.split(","))
     model, tokenizer = tiny_model("llama", hidden=hidden, layers=layers, heads=heads)

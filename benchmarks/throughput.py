@@ -23,10 +23,10 @@ import torch
 
 from domainlm import io
 from domainlm.baselines import peft_heads as ph
-from domainlm.model import TaggedModel
-from domainlm.pipeline import prepare_tags
+from domainlm.engine.model import TaggedModel
+from domainlm.engine.template import Template
+from domainlm.tagruns import prepare_tags
 from domainlm.tasks import get_task
-from domainlm.template import Template
 from domainlm.training import TrainConfig, Trainer
 
 

@@ -11,10 +11,10 @@ import time
 import pytest
 
 from domainlm.augment import AugmentConfig, extract_json, judge_reply, make_teacher, run_augment
-from domainlm.augment.fake_server import FakeResponse, FakeTeacherServer, field_in_prompt, paraphrase
 from domainlm.augment.pipeline import RateLimiter, backoff_delay
 from domainlm.errors import InputError
 from domainlm.qa import QAItem, QASplits, load_qa_dir, write_qa_jsonl
+from fake_openai import FakeResponse, FakeTeacherServer, field_in_prompt, paraphrase
 
 LABEL_CYCLE = ("yes", "no", "maybe")
 

@@ -9,8 +9,8 @@ import sys
 import time
 
 from domainlm.augment import AugmentConfig, make_teacher, run_augment
-from domainlm.augment.fake_server import FakeTeacherServer
 from domainlm.qa import QAItem, load_qa_dir, write_qa_jsonl
+from fake_openai import FakeTeacherServer
 
 CONCURRENCY = 3
 ITEMS = 12  # x 2 modes = 24 requests

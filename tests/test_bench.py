@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from domainlm.bench import ALL_METHODS, BenchSettings, run_bench
 from domainlm.errors import DomainLMError
-from domainlm.testing import tiny_model
+from tiny_models import tiny_model
 
 SMILES = ["C" * (i % 7 + 1) + "N" * (i % 3) + "O" * (i % 2) + "c1ccccc1" * (i % 4 == 0) for i in range(48)]
 

@@ -5,9 +5,9 @@ import re
 import numpy as np
 import pytest
 
+from domainlm.engine.template import Template
 from domainlm.errors import InputError
 from domainlm.tasks import get_task
-from domainlm.template import Template
 
 DAVIS_MEASURED = 68 * 442  # Davis has every pair measured
 
@@ -134,7 +134,7 @@ def test_train_then_predict_new_pairs_and_refuse_bad_rows(tmp_path):
     from typer.testing import CliRunner
 
     from domainlm.cli import _register, app
-    from domainlm.testing import tiny_model
+    from tiny_models import tiny_model
 
     model, tokenizer = tiny_model("bert")
     model.save_pretrained(tmp_path / "model")

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from domainlm.baselines import peft_heads as ph
-from domainlm.heads import HeadSpec
+from domainlm.engine.heads import HeadSpec
+from domainlm.engine.template import Template
 from domainlm.tasks.base import Example, TaskData, TaskSpec
-from domainlm.template import Template
-from domainlm.testing import tiny_model
 from domainlm.training import TrainConfig
+from tiny_models import tiny_model
 
 FAMILIES = ("bert", "llama")
 TASK = TaskSpec("toy", "The SMILES is <SMILES> {smiles}. Output <Y>")

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from domainlm.model import TaggedModel
-from domainlm.reuse import SpanCache, reused_forward
-from domainlm.testing import tiny_model
+from domainlm.engine.model import TaggedModel
+from domainlm.engine.reuse import SpanCache, reused_forward
+from tiny_models import tiny_model
 
 TEMPLATE = "The protein sequence is <Protein> {p}. The SMILES of the drug is <SMILES> {s}. Affinity <BA>"
 PAIRS = [("MKVLAAGG", "CCO"), ("MKV", "CC(=O)NC1=CC"), ("MKVLAAGG", "N"), ("WYYKKR", "CCO")]

@@ -11,9 +11,9 @@ import uvicorn
 
 from domainlm.augment import AugmentConfig, HFTeacher, make_teacher, run_augment
 from domainlm.augment.local_model import LocalChatModel
+from domainlm.augment.server import create_app
 from domainlm.qa import QAItem, QASplits
-from domainlm.serve import create_app
-from domainlm.testing import tiny_model
+from tiny_models import tiny_model
 
 KEY = "sk-test-0123456789"
 

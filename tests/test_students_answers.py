@@ -5,7 +5,7 @@ import pytest
 from domainlm.qa import QAItem
 from domainlm.qa.students.answers import ANSWER_PHRASE, answer_sentence, parse_answer
 from domainlm.qa.students.prompts import FittedPrompt, fit_prompt, target_text
-from domainlm.testing import tiny_tokenizer
+from tiny_models import tiny_tokenizer
 
 P = ANSWER_PHRASE
 

@@ -11,7 +11,7 @@ from domainlm.qa.students import StudentConfig
 from domainlm.qa.students.base import get_method
 from domainlm.qa.students.training import TrainingInterrupted, train
 from domainlm.runs import RunDirectory
-from domainlm.testing import tiny_model
+from tiny_models import tiny_model
 
 ITEMS = [
     QAItem(

@@ -2,9 +2,9 @@ import csv
 
 import pytest
 
+from domainlm.engine.template import Template
 from domainlm.errors import InputError
 from domainlm.tasks import get_task
-from domainlm.template import Template
 
 ONEIL_ROWS = 23052
 ONEIL_FOLD_SIZES = [4554, 4614, 4599, 4599, 4686]

@@ -37,7 +37,7 @@ def test_predict_from_names_through_the_cli(data_dir, tmp_path):
     from typer.testing import CliRunner
 
     from domainlm.cli import _register, app
-    from domainlm.testing import tiny_model
+    from tiny_models import tiny_model
 
     _register()
     model, tok = tiny_model("bert")

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from domainlm.engine.model import TaggedModel
+from domainlm.engine.tags import initial_tag
 from domainlm.errors import DomainLMError, IncompatibleTagsError, InputError
-from domainlm.model import TaggedModel
-from domainlm.tags import initial_tag
-from domainlm.testing import tiny_model
+from tiny_models import tiny_model
 
 FAMILIES = ["llama", "gpt2", "bert", "qwen2"]
 QED = "The SMILES of the molecule is <SMILES> CC(=O)O. QED is <QED>"

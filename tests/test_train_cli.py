@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from domainlm.cli import _register, app
-from domainlm.testing import tiny_model
+from tiny_models import tiny_model
 
 _register()
 runner = CliRunner()
@@ -172,7 +172,7 @@ def test_stage_one_then_stage_two_chain(saved_model, tmp_path):
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     from domainlm import training
     from domainlm.errors import DomainLMError
-    from domainlm.pipeline import train_tagged_task
+    from domainlm.tagruns import train_tagged_task
     from domainlm.tasks.base import Example, TaskData, TaskSpec
 
     model, tok = tiny_model("llama")

@@ -10,11 +10,11 @@ __all__ = ["DomainLMError", "InputError", "TaggedModel", "TagLibrary", "__versio
 def __getattr__(name):
     # Lazy so that `import domainlm` (and the CLI's --help) does not pay for torch + transformers.
     if name == "TaggedModel":
-        from domainlm.model import TaggedModel
+        from domainlm.engine.model import TaggedModel
 
         return TaggedModel
     if name == "TagLibrary":
-        from domainlm.library import TagLibrary
+        from domainlm.engine.library import TagLibrary
 
         return TagLibrary
     raise AttributeError(name)

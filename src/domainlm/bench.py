@@ -1,7 +1,7 @@
 """`domainlm bench`: every method on the same split and seed, one table per task.
 
 Methods: the classical baselines (`domainlm.baselines.classical`, on fixed features), the peft baselines on
-the frozen backbone (`domainlm.baselines.peft_heads`) and learned tags (`domainlm.pipeline`). Each finished
+the frozen backbone (`domainlm.baselines.peft_heads`) and learned tags (`domainlm.tagruns`). Each finished
 (method, fold) row is written atomically to `<out>/<task>/rows/` as soon as it exists, and the table
 `<out>/<task>.md` / `<task>.json` is rebuilt from those rows; `resume=True` skips rows already there (after
 checking they were made with the same settings), so a killed benchmark loses at most the method it was on.
@@ -261,7 +261,7 @@ class Bench:
         config = self.train_config(method)
         if method in PEFT_METHODS:
             from domainlm.baselines.peft_heads import PeftSettings, train_peft_baseline
-            from domainlm.template import Template
+            from domainlm.engine.template import Template
 
             n_tags = len(Template(self.spec.template).domain_tags) + 1
             peft = PeftSettings(num_virtual_tokens=n_tags * config.tag_length)
@@ -291,7 +291,7 @@ class Bench:
         }
 
     def run_tags(self, fold: str, data, config) -> dict:
-        from domainlm.pipeline import train_tagged_task
+        from domainlm.tagruns import train_tagged_task
 
         run_dir = self.dir / "runs" / f"tags__{fold}"
         # Resume an interrupted tag run from its checkpoint; redo one that finished without its row saved.

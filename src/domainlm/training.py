@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from transformers import get_scheduler
 
+from domainlm.engine.model import TaggedModel
 from domainlm.errors import DomainLMError
-from domainlm.model import TaggedModel
 from domainlm.progress import progress_bar
 
 STAGES = ("domain", "function")
@@ -170,10 +170,10 @@ class Trainer:
             )
         self.reuse = frozen_spans if c.reuse is None else c.reuse
         if self.reuse:
-            from domainlm.reuse import SpanCache
+            from domainlm.engine.reuse import SpanCache
 
             budget = None if c.cache_budget_gb is None else int(c.cache_budget_gb * 2**30)
-            from domainlm.model import DTYPES
+            from domainlm.engine.model import DTYPES
 
             dtype = DTYPES[c.cache_dtype] if c.cache_dtype else None
             self.cache = SpanCache(tm, budget_bytes=budget, dtype=dtype)
@@ -265,7 +265,7 @@ class Trainer:
     def _batches(self, split: Split, lengths: list[int], seed: int) -> list[list[int]]:
         if self.reuse and self.config.cache_budget_gb is not None:
             # A bounded store: keep examples sharing their longest span (a protein) in one batch.
-            from domainlm.reuse import longest_span_key
+            from domainlm.engine.reuse import longest_span_key
 
             keys = [longest_span_key(self.tm, x, i) for i, x in enumerate(split.inputs)]
             return grouped_batches(keys, self.config.batch_size, seed)
@@ -273,7 +273,7 @@ class Trainer:
 
     def _forward(self, split: Split, idx: list[int]):
         if self.reuse:
-            from domainlm.reuse import reused_forward
+            from domainlm.engine.reuse import reused_forward
 
             labels = [split.labels[i] for i in idx] if split.labels is not None else None
             return reused_forward(self.tm, self.cache, [split.inputs[i] for i in idx], labels)
@@ -392,7 +392,7 @@ def predict(
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             if cache is not None:
-                from domainlm.reuse import reused_forward
+                from domainlm.engine.reuse import reused_forward
 
                 pred = reused_forward(tm, cache, [inputs[i] for i in idx]).predictions
             else:

@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from domainlm import io
-from domainlm.augment.cache import Reply, ReplyCache, request_key
 from domainlm.augment.pricing import estimate_cost, price_for
 from domainlm.augment.prompts import PromptTemplate, load_template
 from domainlm.augment.replies import REASONS, judge_reply, normalise
+from domainlm.augment.reply_cache import Reply, ReplyCache, request_key
 from domainlm.augment.teachers import RequestFailed, RetryableError, Teacher
 from domainlm.errors import InputError
 from domainlm.qa.data import QAItem, QASplits, write_qa_jsonl

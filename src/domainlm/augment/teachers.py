@@ -12,7 +12,7 @@ import asyncio
 import os
 from typing import Protocol
 
-from domainlm.augment.cache import Reply
+from domainlm.augment.reply_cache import Reply
 from domainlm.errors import DomainLMError, InputError
 
 

@@ -10,7 +10,7 @@ Input text is the task template with its markers dropped (as `Template.render_te
 data of the task's character-level domains (SMILES, proteins) spelled one character a token as the tag
 method reads them, so every method sees the same tokens.
 Features are the same for all three: the mean of the last hidden state over real tokens for encoders,
-the last non-pad token for causal LMs. The head is `domainlm.heads.Head`, the tag method's own, so label
+the last non-pad token for causal LMs. The head is `engine.heads.Head`, the tag method's own, so label
 standardisation and losses match. Training follows the tag trainer: AdamW, cosine schedule with warm-up,
 gradient clipping, length-bucketed batches, model selection on the validation split.
 """
@@ -31,11 +31,11 @@ from torch import nn
 
 from domainlm import cache, io
 from domainlm import metrics as metric_functions
+from domainlm.engine.heads import Head, HeadSpec
+from domainlm.engine.template import Template
 from domainlm.errors import DomainLMError
-from domainlm.heads import Head, HeadSpec
 from domainlm.progress import progress_bar
 from domainlm.tasks.base import Example, TaskData, TaskSpec
-from domainlm.template import Template
 
 log = logging.getLogger("domainlm.baselines")
 
@@ -80,14 +80,14 @@ class Backbone:
 
     @property
     def max_positions(self) -> int | None:
-        from domainlm.model import _max_positions
+        from domainlm.engine.model import _max_positions
 
         return _max_positions(self.model.config)
 
 
 def load_backbone(model, dtype: str = "float32", device: str | None = None) -> Backbone:
     """`model`: a path, hub id or alias (`minilm`), or an in-process (model, tokenizer) pair."""
-    from domainlm.model import DTYPES, is_causal_lm, resolve_model_path
+    from domainlm.engine.model import DTYPES, is_causal_lm, resolve_model_path
 
     if isinstance(model, tuple):
         net, tokenizer = model
@@ -181,7 +181,7 @@ def build_model(
     from peft import LoraConfig, PromptTuningConfig, TaskType, get_peft_model
     from transformers.pytorch_utils import Conv1D
 
-    from domainlm.tags import initial_tag
+    from domainlm.engine.tags import initial_tag
 
     body = backbone.model
     hidden = body.get_input_embeddings().weight.shape[1]

@@ -215,6 +215,6 @@ def serve_command(
     device: str | None = typer.Option(None, help="torch device (default: cuda when available, else cpu)."),
 ) -> None:
     """Serve a local model as an OpenAI-compatible endpoint (/v1/chat/completions, /v1/models)."""
-    from domainlm.serve import serve
+    from domainlm.augment.server import serve
 
     serve(model, host=host, port=port, api_key_env=api_key_env, model_name=model_name, device=device)

@@ -90,7 +90,7 @@ def _replace(spec, **changes):
 
 
 def run_training(opts: dict[str, Any], *, resume: bool = False, overwrite: bool = False) -> dict:
-    from domainlm.pipeline import train_domain_tag, train_tagged_task
+    from domainlm.tagruns import train_domain_tag, train_tagged_task
 
     config = train_config(opts)
     on_conflict = _prefer(opts.get("prefer"))
@@ -168,9 +168,9 @@ def _load_run(run: Path) -> dict:
 
 def run_eval(run: Path, *, split: str = "test", data_dir=None, data=None, device=None) -> dict:
     from domainlm import io
-    from domainlm.model import TaggedModel
-    from domainlm.pipeline import evaluate_split, render_split
-    from domainlm.template import Template
+    from domainlm.engine.model import TaggedModel
+    from domainlm.engine.template import Template
+    from domainlm.tagruns import evaluate_split, render_split
 
     cfg = _load_run(run)
     opts = dict(cfg.get("resolved_options", {}))
@@ -208,9 +208,9 @@ def run_predict(
     import csv
 
     from domainlm import io
-    from domainlm.model import TaggedModel
+    from domainlm.engine.model import TaggedModel
+    from domainlm.engine.template import Template
     from domainlm.tasks.table import read_records
-    from domainlm.template import Template
     from domainlm.training import predict
 
     isolate = False
@@ -292,7 +292,7 @@ def run_demo(data_dir, out, *, limit_train: int, limit_eval: int, epochs: float)
     import numpy as np
 
     from domainlm import metrics
-    from domainlm.pipeline import train_tagged_task
+    from domainlm.tagruns import train_tagged_task
     from domainlm.tasks import get_task
     from domainlm.training import TrainConfig
 

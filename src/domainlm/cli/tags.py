@@ -240,7 +240,7 @@ def demo(
 @app.command("tags")
 def show_tags(library: Annotated[list[Path], typer.Argument(help="tag library directories")]):
     """Show what tag libraries hold: base model, tags, heads, training metrics."""
-    from domainlm.library import TagLibrary
+    from domainlm.engine.library import TagLibrary
 
     for path in library:
         lib = TagLibrary.load(path)

@@ -16,11 +16,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from domainlm.engine.template import Template
 from domainlm.errors import InputError
 from domainlm.features import check_protein, parse_smiles
 from domainlm.io import read_jsonl_objects
 from domainlm.tasks.base import Example, TaskData
-from domainlm.template import Template
 
 log = logging.getLogger("domainlm.tasks")
 

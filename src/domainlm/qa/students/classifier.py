@@ -114,7 +114,7 @@ class TagStudent(ClassifierStudent):
 
     @classmethod
     def build(cls, config) -> TagStudent:
-        from domainlm.model import TaggedModel
+        from domainlm.engine.model import TaggedModel
 
         path = models.resolve_model(config.model)
         # The same clear errors as the other methods for a missing model or an over-long --max-length.
@@ -153,7 +153,7 @@ class TagStudent(ClassifierStudent):
     def load_weights(self, directory: Path) -> None:
         """Copy saved tag vectors and head weights into this model's own parameters (in place, so an optimizer
         holding them keeps working when a run resumes)."""
-        from domainlm.library import TagLibrary
+        from domainlm.engine.library import TagLibrary
 
         library = TagLibrary.load(Path(directory) / "tags")
         library.check_compatible(self.model.fingerprint(), self.model.hidden_size, self.model.name)

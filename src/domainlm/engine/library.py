@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from domainlm import io
+from domainlm.engine.tags import TagSpec
 from domainlm.errors import DomainLMError, IncompatibleTagsError
-from domainlm.tags import TagSpec
 
 FORMAT_VERSION = 1
 JSON_NAME = "tags.json"

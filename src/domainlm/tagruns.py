@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 
 from domainlm import io, metrics, plots
+from domainlm.engine.model import TaggedModel
+from domainlm.engine.template import Part, Template
 from domainlm.errors import DomainLMError, InputError
-from domainlm.model import TaggedModel
 from domainlm.runs import RunDirectory
 from domainlm.tasks.base import Example, TaskData, TaskSpec
-from domainlm.template import Part, Template
 from domainlm.training import Split, TrainConfig, Trainer, predict
 
 

@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from domainlm.engine.heads import HeadSpec
 from domainlm.errors import DomainLMError
-from domainlm.heads import HeadSpec
 
 KINDS = ("domain", "function")
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")

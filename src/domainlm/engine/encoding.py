@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from domainlm.engine.template import Part, parse_marked_text
 from domainlm.errors import InputError
-from domainlm.template import Part, parse_marked_text
 
 IGNORE = -100
 

@@ -2,7 +2,7 @@
 
 Under isolated attention with frozen domain tags, a span's keys and values in every layer depend on the
 span alone: its tokens, its tag and its positions, which restart at 0 in every span (see
-`domainlm.encoding`). So each distinct span (a protein, a drug, a prompt prefix) is run through the model
+`engine.encoding`). So each distinct span (a protein, a drug, a prompt prefix) is run through the model
 once and its per-layer keys/values are kept; a training step then runs only the function segment (the
 function tag and what follows) through the layers, attending to the stored keys/values. Predictions and
 gradients equal the full isolated forward's up to float rounding (tested).
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
-from domainlm import attention
-from domainlm.encoding import EncodedExample
+from domainlm.engine import attention
+from domainlm.engine.encoding import EncodedExample
+from domainlm.engine.model import TaggedModel, TaggedOutput
 from domainlm.errors import DomainLMError
-from domainlm.model import TaggedModel, TaggedOutput
 
 SpanKey = tuple[int, ...]
 
