@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import stats
 
@@ -114,24 +116,49 @@ def rm2(y_true, y_pred) -> float:
     return float(r2_ * (1 - np.sqrt(abs(r2_**2 - r02**2))))
 
 
-REGRESSION_METRICS = {"mse": mse, "mae": mae, "pearson": pearson, "spearman": spearman, "r2": r2}
+REGRESSION_METRICS = {
+    "mse": mse,
+    "mae": mae,
+    "pearson": pearson,
+    "spearman": spearman,
+    "r2": r2,
+    "ci": concordance_index,
+    "rm2": rm2,
+}
 CLASSIFICATION_METRICS = {"accuracy": accuracy, "macro_f1": macro_f1}
 
 
 def compute(names, y_true, y_pred) -> dict[str, float]:
     """Metrics by name, e.g. compute(["mse", "ci"], y, p)."""
-    table = {**REGRESSION_METRICS, **CLASSIFICATION_METRICS, **_extra_metrics()}
+    table = {**REGRESSION_METRICS, **CLASSIFICATION_METRICS}
     unknown = [n for n in names if n not in table]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; known: {sorted(table)}")
     return {n: table[n](y_true, y_pred) for n in names}
 
 
-def _extra_metrics() -> dict:
-    # Ranking metrics (concordance index, rm2) live beside these once defined.
-    out = {}
-    for name in ("concordance_index", "rm2"):
-        fn = globals().get(name)
-        if fn is not None:
-            out["ci" if name == "concordance_index" else name] = fn
-    return out
+# The one home of metric direction: everything else asks here.
+HIGHER_IS_BETTER = frozenset({"pearson", "spearman", "r2", "ci", "rm2", "accuracy", "macro_f1"})
+LOWER_IS_BETTER = frozenset({"mse", "mae", "rmse", "loss", "lm_loss", "val_loss"})
+
+
+def higher_is_better(name: str) -> bool:
+    if name in HIGHER_IS_BETTER:
+        return True
+    if name in LOWER_IS_BETTER:
+        return False
+    raise ValueError(f"no known direction for metric {name!r}")
+
+
+def selection_value(name: str, value: float) -> float:
+    """A number where lower is better, whatever the metric; NaN never wins."""
+    if value != value:
+        return math.inf
+    return -value if higher_is_better(name) else value
+
+
+def is_better(name: str, ours: float | None, theirs: float) -> bool:
+    """Whether `ours` beats `theirs` on metric `name` (None never does)."""
+    if ours is None or ours != ours:
+        return False
+    return ours > theirs if higher_is_better(name) else ours < theirs

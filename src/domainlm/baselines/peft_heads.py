@@ -6,7 +6,7 @@
 * `lora`: peft LoRA (r 8, alpha 16, dropout 0.05, the paper's settings) on every linear layer inside the
   model's attention blocks, plus a trainable head.
 
-Input text is the task template with its markers dropped (as `Template.render_text(row, tags="drop")`),
+Input text is the task template with its markers dropped (see `plain_text`),
 data of the task's character-level domains (SMILES, proteins) spelled one character a token as the tag
 method reads them, so every method sees the same tokens.
 Features are the same for all three: the mean of the last hidden state over real tokens for encoders,

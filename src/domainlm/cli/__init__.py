@@ -32,11 +32,7 @@ def _register() -> None:
     if _registered:
         return
     for name in COMMAND_MODULES:
-        try:
-            importlib.import_module(f"domainlm.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"domainlm.cli.{name}":
-                raise
+        importlib.import_module(f"domainlm.cli.{name}")
     _wrap_commands(app)
     _registered = True
 

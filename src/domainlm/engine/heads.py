@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -21,7 +21,6 @@ class HeadSpec:
     classes: list[str] | None = None  # class names, index order
     label_mean: float = 0.0
     label_std: float = 1.0
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.type not in {"regression", "classification"}:

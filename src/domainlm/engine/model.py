@@ -169,11 +169,6 @@ class TaggedModel(nn.Module):
         self.specs[spec.name] = spec
         self._encoder = None
 
-    def set_head_standardisation(self, name: str, mean: float, std: float) -> None:
-        spec = self.specs[name].head
-        spec.label_mean, spec.label_std = float(mean), float(std) if std > 0 else 1.0
-        self.heads[name].spec = spec
-
     # ---- what trains ------------------------------------------------------------------------------------
     def set_trainable(
         self,
@@ -417,9 +412,6 @@ class TaggedModel(nn.Module):
             vectors = parts.pop("tag")
             self._install(spec, vectors, parts or None)
         return merged
-
-    def tag_names(self, kind: str | None = None) -> list[str]:
-        return [n for n, s in self.specs.items() if kind is None or s.kind == kind]
 
 
 def collate(

@@ -43,6 +43,8 @@ class TagSpec:
     def from_dict(cls, d: dict) -> TagSpec:
         d = dict(d)
         head = d.pop("head", None)
+        if head:
+            head = {k: v for k, v in head.items() if k != "extra"}  # always empty in early libraries
         return cls(**d, head=HeadSpec(**head) if head else None)
 
 

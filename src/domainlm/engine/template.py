@@ -98,16 +98,6 @@ class Template:
             return None
         return None
 
-    def render_text(self, row: dict, *, tags: str = "drop", **kw) -> str:
-        """Plain text for tag-free baselines: `tags="drop"` removes markers, `"name"` writes them as words."""
-        out = []
-        for p in self.render(row, **kw):
-            if p.kind != "tag":
-                out.append(p.value)
-            elif tags == "name":
-                out.append(f" {p.value} ")
-        return re.sub(r"\s+", " ", "".join(out)).strip()
-
 
 def _split_markers(text: str) -> list[tuple[str, str]]:
     pieces: list[tuple[str, str]] = []

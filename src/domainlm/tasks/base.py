@@ -82,11 +82,7 @@ def register_task(spec: TaskSpec) -> TaskSpec:
 
 def _load_presets() -> None:
     for mod in _PRESET_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
+        importlib.import_module(mod)
 
 
 def get_task(name: str) -> TaskSpec:
