@@ -15,6 +15,7 @@ from pathlib import Path
 
 from domainlm import io
 from domainlm.baselines import featurize_task, run_baseline
+from domainlm.bench import anchor_text
 from domainlm.tasks import get_task
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -41,12 +42,13 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "classical_sanity"), help="output path without suffix")
     args = parser.parse_args()
 
-    rows = []
+    rows, anchors = [], {}
     for task_name in args.tasks.split(","):
         spec = get_task(task_name)
         started = time.perf_counter()
         data = spec.load(args.data, **TASK_OPTIONS.get(task_name, {}))
-        features = featurize_task(data, task_name)
+        anchors[task_name] = spec.anchors_for(data.info)  # those of the data set loaded
+        features = featurize_task(data, spec)
         prep_seconds = round(time.perf_counter() - started, 2)
         sizes = {split: len(y) for split, y in features.y.items()}
         print(
@@ -67,11 +69,11 @@ def main() -> None:
             print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
             rows.append(row)
     io.write_json(f"{args.out}.json", rows)
-    io.write_text(f"{args.out}.md", markdown_table(rows))
+    io.write_text(f"{args.out}.md", markdown_table(rows, anchors))
     print(f"wrote {args.out}.json and {args.out}.md")
 
 
-def markdown_table(rows: list[dict]) -> str:
+def markdown_table(rows: list[dict], anchors: dict[str, tuple]) -> str:
     blocks = []
     for task in dict.fromkeys(r["task"] for r in rows):
         task_rows = [r for r in rows if r["task"] == task]
@@ -82,6 +84,8 @@ def markdown_table(rows: list[dict]) -> str:
             times = [f"{r['seconds']:.1f}", f"{r['cpu_seconds']:.1f}"]
             cells = [r["method"], *(f"{r[m]:.3f}" for m in metrics), *times, str(r["seed"])]
             lines.append("| " + " | ".join(cells) + " |")
+        if anchors[task]:
+            lines += ["", "Published: " + "; ".join(anchor_text(name, m) for name, m in anchors[task]) + "."]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 

@@ -23,10 +23,11 @@ import torch
 
 from domainlm import io
 from domainlm.engine.model import TaggedModel
+from domainlm.engine.tag_training import TagMethod
 from domainlm.engine.template import Template
 from domainlm.tagruns import prepare_tags, render_split
 from domainlm.tasks import get_task
-from domainlm.training import TrainConfig, Trainer
+from domainlm.training import TrainConfig, TrainResult, fit
 
 # dev-only helpers (tiny models, a fake OpenAI server) live beside the tests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -34,19 +35,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 RESULTS = Path(__file__).parent / "results"
 
 
-def epoch_seconds(tm: TaggedModel, split, config: TrainConfig) -> tuple[float, Trainer]:
-    trainer = Trainer(tm, config, None, log=lambda _: None)
+def epoch_seconds(tm: TaggedModel, split, config: TrainConfig) -> tuple[float, TagMethod, TrainResult]:
     template = Template(get_task("dta").template)
-    trainer.configure(template.function_tag, template.domain_tags)
+    method = TagMethod(
+        tm, config, split, function_tag=template.function_tag, domain_tags=template.domain_tags
+    )
     start = time.perf_counter()
-    trainer.fit(split)
-    return time.perf_counter() - start, trainer
+    trained = fit(method, config.loop(), log=lambda _: None)
+    return time.perf_counter() - start, method, trained
 
 
 def load_model(args) -> TaggedModel:
     if not args.random_llama:
         return TaggedModel.from_pretrained(args.model, dtype=args.dtype, device=args.device)
-    from domainlm.engine.model import DTYPES
+    from domainlm.backbone import DTYPES
     from tiny_models import tiny_model
 
     hidden, layers, heads = (int(x) for x in args.random_llama.split(","))
@@ -106,16 +108,16 @@ def main() -> None:
         tm.load_state_dict(start_state, strict=False)
         if tm.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        seconds, trainer = epoch_seconds(tm, split, TrainConfig(**base, reuse=reuse))
+        seconds, method, trained = epoch_seconds(tm, split, TrainConfig(**base, reuse=reuse))
         timings[name] = {
             "seconds": round(seconds, 2),
-            "first_loss": trainer.history[0]["train_loss"],
-            "last_loss": trainer.history[-1]["train_loss"],
+            "first_loss": trained.history[0]["train_loss"],
+            "last_loss": trained.history[-1]["train_loss"],
         }
         if tm.device.type == "cuda":
             timings[name]["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-        if trainer.cache is not None:
-            timings[name]["span_cache"] = {**vars(trainer.cache.stats), "bytes": trainer.cache.bytes}
+        if method.cache is not None:
+            timings[name]["span_cache"] = {**vars(method.cache.stats), "bytes": method.cache.bytes}
     tokens = sum(len(tm.encoder.encode(x, i, True).ids) for i, x in enumerate(split.inputs))
     result = {
         "task": "dta (Davis)",

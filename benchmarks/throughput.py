@@ -23,22 +23,23 @@ import torch
 
 from domainlm import io
 from domainlm.baselines import peft_heads as ph
+from domainlm.batching import pad_ids
 from domainlm.engine.model import TaggedModel
+from domainlm.engine.tag_training import configure
 from domainlm.engine.template import Template
 from domainlm.tagruns import prepare_tags
 from domainlm.tasks import get_task
-from domainlm.training import TrainConfig, Trainer
+from domainlm.training import TrainConfig
 
 
 def tag_steps(spec, data, model: str, config: TrainConfig, batches):
     tm = TaggedModel.from_pretrained(model)
     template = Template(spec.template)
     prepare_tags(tm, template, spec, data.train, config)
-    trainer = Trainer(tm, config, None, log=lambda _: None)
-    trainer.configure(template.function_tag, template.domain_tags)
+    setup = configure(tm, config, template.function_tag, template.domain_tags)
     tm.train()
     encoded = [
-        tm.encode([template.render(e.fields) for e in b], [e.label for e in b], isolate=trainer.isolate)
+        tm.encode([template.render(e.fields) for e in b], [e.label for e in b], isolate=setup.isolate)
         for b in batches
     ]
 
@@ -48,7 +49,7 @@ def tag_steps(spec, data, model: str, config: TrainConfig, batches):
         tm.zero_grad(set_to_none=True)
         return int(encoded[i]["attention_mask"].sum())
 
-    return step, tm.num_trainable(), {"isolate": trainer.isolate}
+    return step, tm.num_trainable(), {"isolate": setup.isolate}
 
 
 def prompt_tuning_steps(spec, data, model: str, batches, n_virtual: int):
@@ -62,7 +63,7 @@ def prompt_tuning_steps(spec, data, model: str, batches, n_virtual: int):
     encoded = []
     for b in batches:
         ids, _ = ph.encode_examples(template, b, backbone.tokenizer, budget, spec.char_level_tags)
-        encoded.append((ph.collate(ids, pad, "cpu"), torch.tensor([e.label for e in b], dtype=torch.float32)))
+        encoded.append((pad_ids(ids, pad), torch.tensor([e.label for e in b], dtype=torch.float32)))
 
     def step(i: int) -> int:
         batch, labels = encoded[i]

@@ -19,3 +19,22 @@ def data_dir() -> Path:
     if not path.exists():
         pytest.skip(f"data directory {path} not found; set DOMAINLM_DATA")
     return path
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """family -> a directory holding that family's tiny model (tiny_models, seed 0), saved once a session."""
+    from tiny_models import tiny_model
+
+    saved = {}
+
+    def get(family: str) -> Path:
+        if family not in saved:
+            path = tmp_path_factory.mktemp(f"model-{family}")
+            model, tokenizer = tiny_model(family)
+            model.save_pretrained(path)
+            tokenizer.save_pretrained(path)
+            saved[family] = path
+        return saved[family]
+
+    return get

@@ -1,12 +1,15 @@
 """`domainlm bench` end to end on tiny data and a tiny saved model: tables, rows, plots, resume."""
 
 import json
+import shutil
 
+import numpy as np
 import pytest
-from typer.testing import CliRunner
 
+from cli_helpers import invoke, read_csv
 from domainlm.bench import ALL_METHODS, BenchSettings, run_bench
 from domainlm.errors import DomainLMError
+from domainlm.tasks import get_task
 from tiny_models import tiny_model
 
 SMILES = ["C" * (i % 7 + 1) + "N" * (i % 3) + "O" * (i % 2) + "c1ccccc1" * (i % 4 == 0) for i in range(48)]
@@ -14,6 +17,7 @@ SMILES = ["C" * (i % 7 + 1) + "N" * (i % 3) + "O" * (i % 2) + "c1ccccc1" * (i % 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
+    """A data directory with the QED ligands and a saved tiny BERT."""
     root = tmp_path_factory.mktemp("bench")
     (root / "data" / "corpora").mkdir(parents=True)
     ligands = {f"L{i}": s for i, s in enumerate(dict.fromkeys(SMILES))}
@@ -36,48 +40,99 @@ def settings(root, **changes):
     return BenchSettings(**{**base, **changes})
 
 
-def test_every_method_writes_markdown_json_rows_and_plots(setup, monkeypatch, tmp_path):
-    monkeypatch.setenv("DOMAINLM_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "results"
-    rows = run_bench(settings(setup), out, log=lambda _: None)
-    assert [r["method"] for r in rows] == list(ALL_METHODS)
-    record = json.loads((out / "qed.json").read_text())
-    assert record["task"] == "qed" and len(record["rows"]) == len(ALL_METHODS)
+@pytest.fixture(scope="module")
+def bench(setup):
+    """Every method once on qed: the output directory."""
+    out = setup / "results"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DOMAINLM_CACHE", str(setup / "cache"))
+        run_bench(settings(setup), out, log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def rows(bench) -> dict[str, dict]:
+    return {r["method"]: r for r in json.loads((bench / "qed.json").read_text())["rows"]}
+
+
+@pytest.fixture(scope="module")
+def labels(setup) -> dict[str, np.ndarray]:
+    """The qed split the bench ran on, loaded again: split name -> labels."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DOMAINLM_CACHE", str(setup / "cache"))
+        data = get_task("qed").load(setup / "data")
+    return {name: np.array([ex.label for ex in examples]) for name, examples in data.splits().items()}
+
+
+def test_every_method_has_one_row_on_the_same_split(bench):
+    record = json.loads((bench / "qed.json").read_text())
+    assert record["task"] == "qed" and [r["method"] for r in record["rows"]] == list(ALL_METHODS)
+    n = len(set(SMILES))
+    split = (int(0.8 * n), int(0.1 * n), n - int(0.8 * n) - int(0.1 * n))
     for row in record["rows"]:
-        for key in ("method", "test_mse", "test_mae", "test_pearson", "test_spearman", "trainable_params"):
-            assert key in row
-        assert row["seed"] == 0 and row["seconds"] >= 0
-        n = len(set(SMILES))
-        assert (row["n_train"], row["n_val"], row["n_test"]) == (
-            int(0.8 * n),
-            int(0.1 * n),
-            n - int(0.8 * n) - int(0.1 * n),
-        )
-        assert row["test_mse"] is not None and row["test_mse"] >= 0
-    by_method = {r["method"]: r for r in record["rows"]}
-    assert by_method["mean"]["trainable_params"] is None
-    assert by_method["linear_probe"]["trainable_params"] == 33  # hidden 32 + bias
-    assert by_method["prompt_tuning"]["trainable_params"] == 20 * 32 + 33  # 2 tags x 10 vectors' worth
-    assert by_method["tags"]["trainable_params"] == by_method["prompt_tuning"]["trainable_params"]
-    assert by_method["prompt_tuning"]["lr"] == 1e-3 and by_method["tags"]["lr"] == 1e-4
-    table = (out / "qed.md").read_text()
-    assert (
-        "| method | test_mse | test_mae | test_pearson | test_spearman | trainable_params | seconds |"
-        in table
-    )
-    assert all(f"| {m} |" in table for m in ALL_METHODS)
-    assert {p.name for p in (out / "qed" / "plots").glob("*.png")} == {f"{m}__test.png" for m in ALL_METHODS}
-    runs = {p.parent.name for p in (out / "qed" / "runs").glob("*/*curve*.png")}
+        assert (row["n_train"], row["n_val"], row["n_test"]) == split and row["seed"] == 0
+
+
+def test_trainable_params_and_learning_rates_per_method(rows):
+    assert rows["mean"]["trainable_params"] is None
+    assert rows["linear_probe"]["trainable_params"] == 33  # hidden 32 + bias
+    assert rows["prompt_tuning"]["trainable_params"] == 20 * 32 + 33  # 2 tags x 10 vectors' worth
+    assert rows["tags"]["trainable_params"] == rows["prompt_tuning"]["trainable_params"]
+    assert rows["prompt_tuning"]["lr"] == 1e-3 and rows["tags"]["lr"] == 1e-4
+
+
+def test_tag_row_metrics_equal_a_recomputation_from_its_predictions(bench, rows, labels):
+    predictions = read_csv(bench / "qed" / "runs" / "tags__test" / "predictions_test.csv")
+    true, pred = (np.array([float(r[c]) for r in predictions]) for c in ("true", "predicted"))
+    np.testing.assert_allclose(true, labels["test"], rtol=1e-6)
+    row = rows["tags"]
+    assert row["test_mse"] == pytest.approx(np.mean((true - pred) ** 2), rel=1e-5)
+    assert row["test_mae"] == pytest.approx(np.mean(np.abs(true - pred)), rel=1e-5)
+    assert row["test_pearson"] == pytest.approx(np.corrcoef(true, pred)[0, 1], rel=1e-4)
+
+
+def test_mean_row_is_the_training_mean_predictor(rows, labels):
+    mean = labels["train"].mean()
+    assert rows["mean"]["test_mse"] == pytest.approx(np.mean((labels["test"] - mean) ** 2), rel=1e-6)
+    assert rows["mean"]["test_mae"] == pytest.approx(np.mean(np.abs(labels["test"] - mean)), rel=1e-6)
+    assert rows["mean"]["test_pearson"] is None  # undefined for a constant prediction: n/a, never NaN
+
+
+@pytest.mark.parametrize("method", ["random_forest", "linear_probe"])
+def test_a_trained_method_beats_the_mean_predictor(rows, method):
+    assert rows[method]["test_mse"] < 0.5 * rows["mean"]["test_mse"]
+
+
+def test_markdown_table_shows_the_json_values(bench, rows):
+    table = (bench / "qed.md").read_text()
+    header = "| method | test_mse | test_mae | test_pearson | test_spearman | trainable_params | seconds |"
+    assert header in table
+    for method, row in rows.items():
+        assert f"| {method} | {row['test_mse']:.4g} | {row['test_mae']:.4g} |" in table
+
+
+def test_plots_for_every_method_and_curves_for_the_trained_ones(bench):
+    assert {p.name for p in (bench / "qed" / "plots").glob("*.png")} == {
+        f"{m}__test.png" for m in ALL_METHODS
+    }
+    runs = {p.parent.name for p in (bench / "qed" / "runs").glob("*/*curve*.png")}
     assert runs == {"prompt_tuning__test", "lora__test", "tags__test"}
 
-    # Resume: nothing left to do, nothing rerun.
+
+def test_resume_with_every_row_done_reruns_nothing(setup, bench, tmp_path):
+    out = shutil.copytree(bench, tmp_path / "results")
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "qed" / "rows").glob("*.json")}
-    run_bench(settings(setup), out, resume=True, log=lambda _: None)
+    logged = []
+    run_bench(settings(setup), out, resume=True, log=logged.append)
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (out / "qed" / "rows").glob("*.json")}
+    assert logged == ["qed/test: every method already finished"]
+
+
+def test_rerun_needs_resume_and_the_same_settings(setup, bench):
     with pytest.raises(DomainLMError, match="--resume"):
-        run_bench(settings(setup), out, log=lambda _: None)
+        run_bench(settings(setup), bench, log=lambda _: None)
     with pytest.raises(DomainLMError, match="seed: 0 -> 1"):
-        run_bench(settings(setup, seed=1), out, resume=True, log=lambda _: None)
+        run_bench(settings(setup, seed=1), bench, resume=True, log=lambda _: None)
 
 
 def test_resume_runs_only_missing_methods_and_overwrite_starts_again(setup, monkeypatch, tmp_path):
@@ -94,13 +149,10 @@ def test_resume_runs_only_missing_methods_and_overwrite_starts_again(setup, monk
 
 
 def test_cli(setup, monkeypatch, tmp_path):
-    from domainlm.cli import _register, app
-
     monkeypatch.setenv("DOMAINLM_CACHE", str(tmp_path / "cache"))
-    _register()
     args = ["bench", "--task", "qed", "--model", str(setup / "model"), "--data", str(setup / "data")]
     args += ["--out", str(tmp_path / "r"), "--methods", "mean,linear_probe", "--limit-train", "20"]
-    result = CliRunner().invoke(app, args)
+    result = invoke(*args)
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "r" / "qed.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["mean", "linear_probe"] and rows[0]["n_train"] == 20
@@ -190,9 +242,10 @@ def test_killed_fold_bench_resumes_without_redoing_finished_folds(monkeypatch, t
 
 
 def test_anchor_comparison_needs_every_reported_metric():
-    from domainlm.bench import PUBLISHED_ANCHORS, Bench
+    from domainlm.bench import Bench
+    from domainlm.tasks.dta import PUBLISHED_DATASETS
 
-    anchors = PUBLISHED_ANCHORS["dta"]
+    anchors = PUBLISHED_DATASETS["davis"].anchors
     rows = [
         {"method": "a", "fold": "test", "test_mse": 0.25, "test_ci": 0.88},  # beats DeepDTA only
         {"method": "b", "fold": "test", "test_mse": 0.20, "test_ci": 0.85},  # lower MSE, worse CI: none

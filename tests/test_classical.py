@@ -6,7 +6,8 @@ from domainlm.baselines.classical import featurize_task, fit_predict, make_regre
 from domainlm.errors import DomainLMError, InputError
 from domainlm.features import kmer_composition, morgan_fingerprints, one_hot, protein_composition
 from domainlm.metrics import mse
-from domainlm.tasks.base import Example, TaskData
+from domainlm.tasks import get_task
+from domainlm.tasks.base import Example, TaskData, TaskSpec
 
 SMILES = ["CCO", "CCN", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O", "CCCCCC", "Cl.CN"]
 PROTEINS = ["MKVLAA", "ACDEFGHIK", "WYWYGG", "MKKLLX"]
@@ -100,16 +101,16 @@ def split(examples):
 
 def test_featurize_molecules_and_proteins():
     qed = split([Example(f"m{i}", {"smiles": s}, float(i)) for i, s in enumerate(SMILES)])
-    features = featurize_task(qed, "qed")
+    features = featurize_task(qed, get_task("qed"))
     n = features.info["n_features"]
     assert features.X["train"].shape == (4, n) and features.X["test"].shape == (1, n)
     assert 0 < n < 2048  # columns constant over the four training molecules are dropped
-    assert featurize_task(qed, "qed", drop_constant=False).X["val"].shape == (1, 2048)
+    assert featurize_task(qed, get_task("qed"), drop_constant=False).X["val"].shape == (1, 2048)
     assert features.y["train"].tolist() == [0.0, 1.0, 2.0, 3.0]
     descriptor = split([Example(f"p{i}", {"protein": s}, 1.0) for i, s in enumerate(PROTEINS)])
-    assert featurize_task(descriptor, "descriptor", drop_constant=False).X["train"].shape == (2, 20)
-    with pytest.raises(DomainLMError, match="no classical features"):
-        featurize_task(qed, "translation")
+    assert featurize_task(descriptor, get_task("descriptor"), drop_constant=False).X["train"].shape == (2, 20)
+    with pytest.raises(DomainLMError, match="translation has no classical features"):
+        featurize_task(qed, TaskSpec("translation", "{text} <Out>"))
 
 
 def test_featurize_dta_concatenates_drug_and_protein():
@@ -119,7 +120,7 @@ def test_featurize_dta_concatenates_drug_and_protein():
         )
         for i in range(10)
     ]
-    features = featurize_task(split(examples), "dta", drop_constant=False)
+    features = featurize_task(split(examples), get_task("dta"), drop_constant=False)
     assert features.X["train"].shape == (8, 2048 + 420)
     assert features.blocks == {"morgan": slice(0, 2048), "protein_composition": slice(2048, 2468)}
     metric = features.method_params("nearest_neighbour")["metric"]
@@ -136,13 +137,13 @@ def test_featurize_synergy_is_order_free_and_checks_cell_lines():
     rows = [synergy_example(i, SMILES[i % 3], SMILES[3 + i % 3], "XY"[i % 2]) for i in range(6)]
     rows += [synergy_example(6, SMILES[3], SMILES[0], "X"), synergy_example(7, SMILES[0], SMILES[3], "X")]
     train = rows[:6] + [synergy_example(5, SMILES[5], SMILES[2], "Y")]  # row 5 swapped, same label
-    features = featurize_task(TaskData(train=train, val=rows[6:7], test=rows[7:]), "synergy")
+    features = featurize_task(TaskData(train=train, val=rows[6:7], test=rows[7:]), get_task("synergy"))
     assert np.array_equal(features.X["val"], features.X["test"])  # same pair, other order
     assert features.info["train_duplicates_dropped"] == 1 and features.y["train"].tolist() == list(range(6))
     assert features.blocks["cell_line"].stop - features.blocks["cell_line"].start == 2
     unseen = TaskData(train=rows[:6], val=[], test=[synergy_example(9, SMILES[0], SMILES[3], "Q")])
     with pytest.raises(InputError, match="r9: unknown cell line 'Q'"):
-        featurize_task(unseen, "synergy")
+        featurize_task(unseen, get_task("synergy"))
 
 
 def test_run_baseline_row():
@@ -160,3 +161,33 @@ def test_run_baseline_row():
     assert row["test_mse"] == pytest.approx(mse(y_test[50:], predictions["test"]))
     row_nn, _ = run_baseline("nearest_neighbour", features, ["mse"])
     assert row_nn["test_mse"] < row_nn["test_mse"] + 1  # runs with the features' block metric
+
+
+def test_refit_fits_again_on_train_and_val_with_what_validation_selected():
+    X_train, y_train, X_test, y_test = learnable_problem(n=500)
+    features = classical.TaskFeatures(
+        X={"train": X_train, "val": X_test[:100], "test": X_test[100:]},
+        y={"train": y_train, "val": y_test[:100], "test": y_test[100:]},
+        blocks={"x": slice(0, 10)},
+        block_metrics={"x": "tanimoto"},
+        kind="synthetic",
+    )
+    train_only, train_val = np.mean(y_train), np.mean(np.concatenate([y_train, y_test[:100]]))
+    row, pred = run_baseline("mean", features, ["mse"])
+    assert (row["refit"], row["n_fit"]) == (False, 300)
+    assert pred["test"][0] == pytest.approx(train_only) and pred["val"][0] == pytest.approx(train_only)
+    row, pred = run_baseline("mean", features, ["mse"], refit=True)
+    assert (row["refit"], row["n_fit"]) == (True, 400)
+    assert pred["test"][0] == pytest.approx(train_val)  # the refit model saw val ...
+    assert pred["val"][0] == pytest.approx(train_only)  # ... so val is scored by the one that did not
+    assert row["val_mse"] == pytest.approx(mse(y_test[:100], np.full(100, train_only)))
+
+    val = features.X["val"], features.y["val"]
+    booster = make_regressor("gradient_boosting", learning_rate=0.3).fit(X_train, y_train, *val)
+    assert 0 < booster.booster_.best_iteration < 1000  # stopped early: the rounds validation selected
+    assert booster.refit_params() == {"n_estimators": booster.booster_.best_iteration}
+    assert make_regressor("gradient_boosting", n_estimators=5).fit(X_train, y_train).refit_params() == {}
+    no_val = classical.TaskFeatures(
+        {**features.X, "val": X_test[:0]}, {**features.y, "val": y_test[:0]}, features.blocks, {}, "synthetic"
+    )
+    assert run_baseline("mean", no_val, ["mse"], refit=True)[0]["refit"] is False  # nothing to refit on

@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from domainlm import backbone as models
+from domainlm import metrics
 from domainlm.baselines import peft_heads as ph
+from domainlm.batching import pad_ids
 from domainlm.engine.heads import HeadSpec
 from domainlm.engine.template import Template
 from domainlm.tasks.base import Example, TaskData, TaskSpec
-from domainlm.training import TrainConfig
+from domainlm.training import TrainConfig, fit
 from tiny_models import tiny_model
 
 FAMILIES = ("bert", "llama")
@@ -35,7 +38,7 @@ def backbone(family):
 
 
 def batch(bb, texts):
-    return ph.collate([bb.tokenizer(t)["input_ids"] for t in texts], bb.tokenizer.pad_token_id, "cpu")
+    return pad_ids([bb.tokenizer(t)["input_ids"] for t in texts], bb.tokenizer.pad_token_id)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -65,7 +68,7 @@ def test_prompt_tuning_trains_exactly_prompt_and_head(family):
 )
 def test_lora_sits_on_every_attention_projection_and_nowhere_else(family, layers):
     bb = backbone(family)
-    targets = ph.attention_linear_layers(bb.model)
+    targets = models.lora_layers(bb.model, models.lora_targets(bb.model.config))
     assert {
         ".".join(t.split(".")[-3:]) if family == "bert" else ".".join(t.split(".")[-2:]) for t in targets
     } == layers
@@ -108,19 +111,13 @@ def test_base_frozen_and_loss_falls(family, method):
     data = toy_data()
     encoded = ph.encode_splits(TASK, data, bb, ph.PeftSettings())
     net = ph.build_model(method, bb, ph.head_spec_for(TASK, data), ph.PeftSettings())
-    config = TrainConfig(epochs=30, batch_size=8, grad_accum=1, lr=1e-2, evals_per_epoch=1)
-    info = ph.fit(
-        net,
-        encoded["train"],
-        encoded["val"],
-        config,
-        pad_id=bb.tokenizer.pad_token_id,
-        metric_names=("mse",),
-        primary="mse",
-        log_fn=lambda _: None,
-    )
-    losses = [h["train_loss"] for h in info["history"]]
+    config = TrainConfig(epochs=30, batch_size=8, grad_accum=1, lr=1e-2)
+    train, pad_id = encoded["train"], bb.tokenizer.pad_token_id
+    trained = fit(ph.HeadTraining(net, train, pad_id), config.loop(), log=lambda _: None)
+    losses = [h["train_loss"] for h in trained.history]
     assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4])
+    fitted = ph.predict(net, train.ids, pad_id, batch_size=32)
+    assert metrics.mse(train.labels, fitted) < 0.5 * np.var(train.labels)  # beats the mean predictor
     # LoRA wraps layers in place (weights move under .base_layer); prompt tuning leaves them as they were
     after = {k.replace(".base_layer", ""): v for k, v in bb.model.state_dict().items() if "lora_" not in k}
     assert sorted(after) == sorted(before)
@@ -147,6 +144,8 @@ def test_end_to_end_results_and_feature_cache(tmp_path, family):
         assert result["predictions"]["ids"] == [e.id for e in data.test]
         assert result["predictions"]["y_true"] == [e.label for e in data.test]
         assert len(result["predictions"]["y_pred"]) == 4
+        y_true, y_pred = result["predictions"]["y_true"], result["predictions"]["y_pred"]
+        assert result["metrics"]["test_mse"] == pytest.approx(metrics.mse(y_true, y_pred))
     assert results["linear_probe"]["trainable_params"] == hidden + 1
     assert results["prompt_tuning"]["trainable_params"] == 20 * hidden + hidden + 1
     assert list((tmp_path / "cache" / "features").glob("*.npy"))
@@ -154,10 +153,10 @@ def test_end_to_end_results_and_feature_cache(tmp_path, family):
     assert again["metrics"] == results["linear_probe"]["metrics"]
 
 
-def test_classification_head(tmp_path):
-    data = toy_data(n_train=16, n_eval=4)
+def test_classification_heads_beat_the_majority_class(tmp_path):
+    data = toy_data(n_train=32, n_eval=16)
     for e in data.train + data.val + data.test:
-        e.label = int(e.label > 0.5)
+        e.label = int(e.label > 0.5)  # mostly N
     task = TaskSpec(
         "toycls",
         TASK.template,
@@ -166,14 +165,24 @@ def test_classification_head(tmp_path):
         metrics=("accuracy",),
         primary_metric="accuracy",
     )
-    config = TrainConfig(epochs=1, batch_size=8, grad_accum=1)
+    config = TrainConfig(epochs=12, batch_size=8, grad_accum=1, lr=1e-2)
     settings = ph.PeftSettings(cache_dir=str(tmp_path))
     probe = ph.train_peft_baseline("linear_probe", task, data, tiny_model("bert"), config, settings)
     lora = ph.train_peft_baseline("lora", task, data, tiny_model("bert"), config, settings)
+    train_labels = [e.label for e in data.train]
+    majority = max(set(train_labels), key=train_labels.count)
+    y_true = [e.label for e in data.test]
     for result in (probe, lora):
-        assert set(result["predictions"]["y_pred"]) <= {0.0, 1.0}
-        assert 0 <= result["metrics"]["test_accuracy"] <= 1
-    assert lora["trainable_params"] > 2 * 33  # two-way head (66 weights) plus adapters
+        y_pred = result["predictions"]["y_pred"]
+        assert set(y_pred) <= {0.0, 1.0}
+        assert result["metrics"]["test_accuracy"] == metrics.accuracy(y_true, y_pred)
+        assert result["metrics"]["test_accuracy"] > metrics.accuracy(y_true, [majority] * len(y_true))
+    bb = backbone("bert")
+    adapters = sum(
+        8 * sum(bb.model.get_submodule(t).weight.shape)
+        for t in models.lora_layers(bb.model, models.lora_targets(bb.model.config))
+    )
+    assert lora["trainable_params"] == adapters + 2 * 33  # rank-8 adapters plus the two-way head
 
 
 def test_long_texts_lose_the_end_of_their_data_not_the_template(tmp_path):

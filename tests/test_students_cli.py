@@ -1,7 +1,10 @@
 """`domainlm finetune`, `evaluate-qa` and `compare` end to end on tiny saved models, and bad-input errors."""
 
+import io
 import json
 import sys
+from contextlib import redirect_stderr, redirect_stdout
+from unittest import mock
 
 import pytest
 import yaml
@@ -9,9 +12,9 @@ import yaml
 from domainlm.cli import main
 from domainlm.qa import QAItem
 from domainlm.qa.students import finetune
-from domainlm.qa.students.training import TrainingInterrupted
-from test_students_models import config as student_config
-from test_students_models import save_tiny, write_qa_dir
+from domainlm.qa.students.generative import LoraStudent
+from domainlm.training import CHECKPOINT
+from student_helpers import save_tiny, student_config, write_qa_dir
 
 TRAIN = [
     "--epochs",
@@ -43,40 +46,67 @@ def setup(tmp_path_factory):
     }
 
 
-def run_cli(capsys, *args) -> tuple[int, str]:
+def run_cli(*args) -> tuple[int, str]:
     """Run the real entry point in-process; returns (exit code, stdout + stderr with line wraps undone)."""
-    old = sys.argv
-    sys.argv = ["domainlm", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return code, " ".join((out.out + out.err).split())
+    out = io.StringIO()
+    with (
+        mock.patch.object(sys, "argv", ["domainlm", *map(str, args)]),
+        redirect_stdout(out),
+        redirect_stderr(out),
+    ):
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code or 0
+    return code, " ".join(out.getvalue().split())
 
 
-def test_finetune_evaluate_compare(setup, tmp_path, capsys):
-    run = tmp_path / "lora"
-    code, out = run_cli(
-        capsys,
-        "finetune",
-        "--method",
-        "lora",
-        "--model",
-        setup["llama"],
-        "--data",
-        setup["qa"],
-        "--out",
-        run,
-        "--greedy",
-        "--save-every",
-        "1",
-        *TRAIN,
+def augmented_qa_dir(path):
+    """The QA data plus one rewritten item, with the manifest `augment` writes (mode and teacher)."""
+    rewrite = QAItem(
+        "r1",
+        "is the drug a binding drug ?",
+        "the drug affinity is a score",
+        "yes",
+        source="rewrite",
+        parent_id="train-a",
     )
+    write_qa_dir(path, extra_train=[rewrite])
+    manifest = {"mode": "rewrite", "model": "teacher-7b", "data": {"split": {"split": "official", "fold": 0}}}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(setup):
+    """Three students finetuned into one folder: lora (greedy, a checkpoint every step), seqcls-lora on
+    augmented data and a tag student."""
+    root = setup["root"] / "runs"
+    augmented = augmented_qa_dir(setup["root"] / "augmented")
+    finetunes = [
+        ("lora", setup["llama"], setup["qa"], ["--greedy", "--save-every", "1"]),
+        ("seqcls-lora", setup["bert"], augmented, []),
+        ("tag", setup["bert"], setup["qa"], ["--tag-length", "4"]),
+    ]
+    for method, model, data, extra in finetunes:
+        args = ["--method", method, "--model", model, "--data", data, "--out", root / method, *extra]
+        code, out = run_cli("finetune", *args, *TRAIN)
+        assert code == 0, out
+    return root
+
+
+@pytest.fixture(scope="module")
+def compared(runs):
+    """`compare` over the three runs: (json rows, markdown table)."""
+    table = runs.parent / "table"
+    code, out = run_cli("compare", "--runs", str(runs / "*"), "--out", table)
     assert code == 0, out
+    return json.loads((table / "compare.json").read_text())["rows"], (table / "compare.md").read_text()
+
+
+def test_lora_run_holds_every_artifact_and_drops_its_checkpoints(runs):
+    run = runs / "lora"
     for name in (
         "adapter_config.json",
         "adapter_model.safetensors",
@@ -91,115 +121,98 @@ def test_finetune_evaluate_compare(setup, tmp_path, capsys):
     ):
         assert (run / name).is_file(), name
     assert json.loads((run / "status.json").read_text())["status"] == "complete"
-    assert not (run / "checkpoints").exists()  # removed once the run is complete
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    assert (
-        config["method"] == "lora"
-        and config["lr"] == 1e-2
-        and config["resolved"]["data"]["augmentation"] == "none"
-    )
-    metrics = json.loads((run / "metrics.json").read_text())
+    assert not (run / CHECKPOINT).exists()  # removed once the run is complete
+
+
+def test_lora_config_records_the_flags_and_no_augmentation(runs):
+    config = yaml.safe_load((runs / "lora" / "config.yaml").read_text())
+    assert (config["method"], config["lr"]) == ("lora", 1e-2)
+    assert config["resolved"]["data"]["augmentation"] == "none"
+
+
+def test_lora_metrics_equal_a_recomputation_from_the_written_predictions(runs):
+    metrics = json.loads((runs / "lora" / "metrics.json").read_text())
     assert metrics["decoding"] == "greedy" and metrics["training"]["steps"] == 4
     for split in ("dev", "test"):
+        rows = [json.loads(line) for line in (runs / "lora" / f"predictions_{split}.jsonl").open()]
         result = metrics["splits"][split]
-        assert result["n"] == 3 == sum(map(sum, result["confusion"]))
-        assert 0 <= result["parse_failures"] <= 3
+        assert result["n"] == len(rows) == 3 == sum(map(sum, result["confusion"]))
+        assert result["accuracy"] == pytest.approx(sum(r["label"] == r["predicted"] for r in rows) / 3)
+        assert result["parse_failures"] == sum(not r["matched"] for r in rows)
         assert metrics["majority"][split]["accuracy"] == pytest.approx(1 / 3)
-    assert "| test | 3 |" in (run / "metrics.md").read_text()
+    assert "| test | 3 |" in (runs / "lora" / "metrics.md").read_text()
 
-    # Re-evaluation reloads base + adapter and reproduces the same generations.
-    code, out = run_cli(capsys, "evaluate-qa", "--run", run, "--split", "test", "--greedy")
+
+def test_evaluate_qa_reloads_base_and_adapter_and_repeats_the_generations(runs):
+    run = runs / "lora"
+    code, out = run_cli("evaluate-qa", "--run", run, "--split", "test", "--greedy")
     assert code == 0, out
     again = [json.loads(line) for line in (run / "eval-greedy" / "predictions_test.jsonl").open()]
     first = [json.loads(line) for line in (run / "predictions_test.jsonl").open()]
     assert again == first
 
-    # A classification student on augmented data: the table reads mode and teacher from augment's manifest.
-    augmented = tmp_path / "augmented"
-    rewrite = QAItem(
-        "r1",
-        "is the drug a binding drug ?",
-        "the drug affinity is a score",
-        "yes",
-        source="rewrite",
-        parent_id="train-a",
-    )
-    write_qa_dir(augmented, extra_train=[rewrite])
-    (augmented / "manifest.json").write_text(
-        json.dumps(
-            {"mode": "rewrite", "model": "teacher-7b", "data": {"split": {"split": "official", "fold": 0}}}
-        )
-    )
-    cls_run = tmp_path / "seqcls"
-    code, out = run_cli(
-        capsys,
-        "finetune",
-        "--method",
-        "seqcls-lora",
-        "--model",
-        setup["bert"],
-        "--data",
-        augmented,
-        "--out",
-        cls_run,
-        *TRAIN,
-    )
-    assert code == 0, out
 
-    code, out = run_cli(
-        capsys,
-        "finetune",
-        "--method",
-        "tag",
-        "--model",
-        setup["bert"],
-        "--data",
-        setup["qa"],
-        "--out",
-        tmp_path / "tag",
-        "--tag-length",
-        "4",
-        *TRAIN,
-    )
-    assert code == 0, out
-    assert (tmp_path / "tag" / "tags" / "tags.json").is_file()
+def test_tag_student_saves_its_tag_library(runs):
+    assert (runs / "tag" / "tags" / "tags.json").is_file()
 
-    code, out = run_cli(capsys, "compare", "--runs", str(tmp_path / "*"), "--out", tmp_path / "table")
-    assert code == 0, out
-    rows = json.loads((tmp_path / "table" / "compare.json").read_text())["rows"]
+
+def test_compare_reads_augmentation_and_teacher_from_the_manifest(runs, compared):
+    rows, _ = compared
     ours = {r["method"]: r for r in rows if r["kind"] == "ours"}
     assert ours.keys() == {"lora", "seqcls-lora", "tag"}
-    assert (ours["lora"]["augmentation"], ours["lora"]["teacher"], ours["lora"]["data"]) == (
-        "none",
-        None,
-        "qa",
+    lora, seqcls = ours["lora"], ours["seqcls-lora"]
+    assert (lora["augmentation"], lora["teacher"], lora["data"]) == ("none", None, "qa")
+    assert (seqcls["augmentation"], seqcls["teacher"], seqcls["data"]) == (
+        "rewrite",
+        "teacher-7b",
+        "official test",
     )
-    assert (ours["seqcls-lora"]["augmentation"], ours["seqcls-lora"]["teacher"]) == ("rewrite", "teacher-7b")
-    assert ours["seqcls-lora"]["data"] == "official test"
-    assert ours["lora"]["accuracy"] == metrics["splits"]["test"]["accuracy"]
+    metrics = json.loads((runs / "lora" / "metrics.json").read_text())
+    assert lora["accuracy"] == metrics["splits"]["test"]["accuracy"]
+
+
+def test_compare_adds_majority_baselines_and_published_results(compared):
+    rows, table = compared
     baselines = {r["data"]: r["accuracy"] for r in rows if r["kind"] == "baseline"}
     assert baselines == {"qa": pytest.approx(1 / 3), "official test": pytest.approx(1 / 3)}
     gpt4 = next(r for r in rows if r["student"] == "GPT-4 5-shot")
     assert gpt4["accuracy"] == 0.744 and gpt4["data"] == "official test"
-    table = (tmp_path / "table" / "compare.md").read_text()
     assert "| ours | bert | seqcls-lora | rewrite | teacher-7b | official test | - |" in table
     assert "| published | GPT-4 5-shot | - | - | - | official test | - | 0.744 |" in table
 
 
-def test_resume_finishes_an_interrupted_run(setup, tmp_path, capsys):
+def test_lora_run_keeps_and_reports_its_lowest_dev_loss_state(runs):
+    training = json.loads((runs / "lora" / "metrics.json").read_text())["training"]
+    history = json.loads((runs / "lora" / "history.json").read_text())
+    dev = [(h["val_loss"], h["step"]) for h in history if "val_loss" in h]
+    assert len(dev) == 2  # once an epoch
+    assert (training["best_dev_loss"], training["best_step"]) == min(dev)
+
+
+def test_resume_finishes_an_interrupted_run(setup, tmp_path, monkeypatch):
     run = tmp_path / "run"
     config = student_config(setup["llama"], data=setup["qa"], epochs=2, lr=1e-2, batch_size=1, save_every=1)
-    with pytest.raises(TrainingInterrupted):
-        finetune(config, run, stop_after_steps=2)
-    code, out = run_cli(capsys, "finetune", "--out", run, "--model", setup["llama"], "--data", setup["qa"])
+    calls, real_loss = [], LoraStudent.loss
+
+    def dying_loss(self, batch):  # killed during step 3, after step 2's checkpoint
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return real_loss(self, batch)
+
+    monkeypatch.setattr(LoraStudent, "loss", dying_loss)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(config, run)
+    monkeypatch.setattr(LoraStudent, "loss", real_loss)
+    code, out = run_cli("finetune", "--out", run, "--model", setup["llama"], "--data", setup["qa"])
     assert code == 2 and "unfinished run" in out and "--resume" in out
-    code, out = run_cli(capsys, "finetune", "--out", run, "--resume", "--greedy")
+    code, out = run_cli("finetune", "--out", run, "--resume", "--greedy")
     assert code == 0, out
     assert json.loads((run / "metrics.json").read_text())["training"]["steps"] == 6
     assert "resumed at epoch 0, step 2" in (run / "train.log").read_text()
 
 
-def test_bad_input_is_a_clear_error(setup, tmp_path, capsys):
+def test_bad_input_is_a_clear_error(setup, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     for split in ("train", "dev", "test"):
@@ -218,9 +231,9 @@ def test_bad_input_is_a_clear_error(setup, tmp_path, capsys):
         (["--model", setup["llama"], "--data", tmp_path / "missing"], "data directory not found"),
     ]
     for args, message in cases:
-        code, out = run_cli(capsys, "finetune", *args, *common)
+        code, out = run_cli("finetune", *args, *common)
         assert code == 2 and message in out, (args, out)
-    code, out = run_cli(capsys, "evaluate-qa", "--run", tmp_path / "nothing")
+    code, out = run_cli("evaluate-qa", "--run", tmp_path / "nothing")
     assert code == 2 and "not a student run directory" in out
-    code, out = run_cli(capsys, "compare", "--runs", tmp_path / "nothing", "--out", tmp_path / "t")
+    code, out = run_cli("compare", "--runs", tmp_path / "nothing", "--out", tmp_path / "t")
     assert code == 2 and "no such run directory" in out

@@ -1,76 +1,21 @@
 """Students on tiny in-process models: which weights train, overfitting, frozen base, save/reload, resume."""
 
-import json
-
 import pytest
 import torch
 
 from domainlm.errors import InputError
-from domainlm.qa import QAItem, write_qa_jsonl
+from domainlm.qa import QAItem
 from domainlm.qa.students import StudentConfig
 from domainlm.qa.students.base import get_method
-from domainlm.qa.students.training import TrainingInterrupted, train
-from domainlm.runs import RunDirectory
-from tiny_models import tiny_model
-
-ITEMS = [
-    QAItem(
-        "a",
-        "is the drug binding the protein ?",
-        "the drug affinity is a score of the protein",
-        "yes",
-        long_answer="the binding affinity is quantitative",
-    ),
-    QAItem("b", "is the molecule a protein ?", "the molecule is a smiles sequence", "no"),
-    QAItem("c", "is the score given ?", "the score is maybe given in the context", "maybe"),
-]
-
-
-def save_tiny(path, family, **config_kw):
-    """A tiny random model saved like a real checkpoint. Causal LMs get a sharpened output layer: with the
-    default 0.02-scale init a frozen head can only move logits by a fraction of a nat, so no adapter could
-    show that it learns."""
-    model, tokenizer = tiny_model(family, **config_kw)
-    if family != "bert":
-        with torch.no_grad():
-            model.get_output_embeddings().weight.mul_(25)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
-def write_qa_dir(path, items=ITEMS, extra_train=()):
-    """train/dev/test.jsonl holding `items` (ids prefixed by split), plus `extra_train` (generated items)."""
-    for split in ("train", "dev", "test"):
-        rows = [QAItem(**{**item.__dict__, "id": f"{split}-{item.id}"}) for item in items]
-        write_qa_jsonl(path / f"{split}.jsonl", [*rows, *(extra_train if split == "train" else ())])
-    return str(path)
+from domainlm.qa.students.trainable import train_student
+from domainlm.training import CHECKPOINT
+from student_helpers import ITEMS, save_tiny, student_config
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     return {family: save_tiny(root / family, family) for family in ("llama", "gpt2", "qwen2", "bert")}
-
-
-def config(model, method="lora", **kw):
-    settings = dict(
-        method=method,
-        model=model,
-        data="unused",
-        max_length=64,
-        max_answer_tokens=24,
-        lora_rank=8,
-        lora_dropout=0.0,
-        lr=2e-2,
-        batch_size=3,
-        grad_accum=1,
-        warmup_ratio=0.0,
-        epochs=30,
-        save_every=0,
-        eval_batch_size=4,
-    )
-    return StudentConfig(**{**settings, **kw})
 
 
 def trainable_names(student):
@@ -86,7 +31,7 @@ def trainable_names(student):
     ],
 )
 def test_lora_trains_exactly_the_attention_projections(models, family, modules):
-    student = get_method("lora").build(config(models[family]))
+    student = get_method("lora").build(student_config(models[family]))
     layers = "model.layers" if family != "gpt2" else "transformer.h"
     expected = {
         f"base_model.model.{layers}.{i}.{m}.lora_{ab}.default.weight"
@@ -100,7 +45,7 @@ def test_lora_trains_exactly_the_attention_projections(models, family, modules):
 def test_lora_targets_fall_back_to_peft_then_ask():
     from types import SimpleNamespace
 
-    from domainlm.qa.students.models import lora_targets
+    from domainlm.backbone import lora_targets
 
     assert lora_targets(SimpleNamespace(model_type="t5"), None) == ["q", "v"]  # peft's default for T5
     assert lora_targets(SimpleNamespace(model_type="llama"), ["q_proj"]) == ["q_proj"]
@@ -109,7 +54,7 @@ def test_lora_targets_fall_back_to_peft_then_ask():
 
 
 def test_fresh_lora_leaves_the_model_unchanged(models):
-    student = get_method("lora").build(config(models["llama"]))
+    student = get_method("lora").build(student_config(models["llama"]))
     batch = student.collate([student.encode(ITEMS[0], train=False).features])
     with torch.no_grad():
         wrapped = student.model(**batch).logits
@@ -131,12 +76,11 @@ def _logits(student, items):
 
 @pytest.mark.parametrize(("method", "lr", "drop"), [("lora", 2e-2, 0.3), ("prefix", 0.3, 0.6)])
 def test_generative_student_overfits_and_reloads(models, tmp_path, method, lr, drop):
-    cfg = config(models["llama"], method, lr=lr)
+    cfg = student_config(models["llama"], method, lr=lr)
     student = get_method(method).build(cfg)
     frozen = _base_weights(student)
     features = [student.encode(item, train=True).features for item in ITEMS]
-    with RunDirectory(tmp_path / "run") as run:
-        state = train(student, features, features, cfg, run)
+    state = train_student(student, features, features, cfg)
     losses = [h["train_loss"] for h in state.history]
     assert losses[-1] < drop * losses[0], losses
     assert state.history[-1]["val_loss"] < drop * losses[0]
@@ -155,7 +99,7 @@ def test_generative_student_overfits_and_reloads(models, tmp_path, method, lr, d
 
 
 def test_seqcls_lora_trains_lora_and_the_new_head(models):
-    names = trainable_names(get_method("seqcls-lora").build(config(models["bert"], "seqcls-lora")))
+    names = trainable_names(get_method("seqcls-lora").build(student_config(models["bert"], "seqcls-lora")))
     lora = {n for n in names if "lora_" in n}
     assert names - lora == {
         "base_model.model.classifier.modules_to_save.default.weight",
@@ -165,7 +109,7 @@ def test_seqcls_lora_trains_lora_and_the_new_head(models):
 
 
 def test_tag_student_trains_only_the_tag_and_its_head(models):
-    student = get_method("tag").build(config(models["bert"], "tag", tag_length=5))
+    student = get_method("tag").build(student_config(models["bert"], "tag", tag_length=5))
     assert trainable_names(student) == {
         "tag_vectors.PubMedQA",
         "heads.PubMedQA.linear.weight",
@@ -178,13 +122,12 @@ def test_tag_student_trains_only_the_tag_and_its_head(models):
     ("method", "family"), [("seqcls-lora", "bert"), ("tag", "bert"), ("seqcls-lora", "llama")]
 )
 def test_classifier_student_learns_the_labels(models, tmp_path, method, family):
-    cfg = config(models[family], method, lr=3e-2)
+    cfg = student_config(models[family], method, lr=3e-2)
     student = get_method(method).build(cfg)
     frozen = _base_weights(student)
     before = [p.predicted for p in student.predict(ITEMS)]
     features = [student.encode(item, train=True).features for item in ITEMS]
-    with RunDirectory(tmp_path / "run") as run:
-        state = train(student, features, features, cfg, run)
+    state = train_student(student, features, features, cfg)
     assert state.history[-1]["train_loss"] < 0.5 * state.history[0]["train_loss"]
     assert [p.predicted for p in student.predict(ITEMS)] == [item.label for item in ITEMS] != before
     assert all(torch.equal(frozen[n], p) for n, p in _base_weights(student).items())
@@ -196,25 +139,38 @@ def test_classifier_student_learns_the_labels(models, tmp_path, method, family):
 
 
 @pytest.mark.parametrize(("method", "family"), [("lora", "llama"), ("tag", "bert")])
-def test_resume_continues_exactly(models, tmp_path, method, family):
+def test_resume_continues_exactly(models, tmp_path, monkeypatch, method, family):
     # LoRA dropout on: resuming must restore the random state too, not only weights and optimizer. The tag
     # student checks that reloaded weights land in the parameters the optimizer holds.
-    cfg = config(models[family], method, lora_dropout=0.2, batch_size=1, epochs=2, save_every=1, lr=1e-2)
-    features = lambda s: [s.encode(item, train=True).features for item in ITEMS]  # noqa: E731
+    cfg = student_config(
+        models[family], method, lora_dropout=0.2, batch_size=1, epochs=2, save_every=1, lr=1e-2
+    )
+
+    def train(student, **kw):
+        features = [student.encode(item, train=True).features for item in ITEMS]
+        return train_student(student, features, features, cfg, checkpoint=tmp_path / CHECKPOINT, **kw)
 
     straight = get_method(method).build(cfg)
-    with RunDirectory(tmp_path / "a") as run:
-        full = train(straight, features(straight), features(straight), cfg, run)
+    full = train(straight)
+    (tmp_path / CHECKPOINT).unlink()
 
     first = get_method(method).build(cfg)
-    with pytest.raises(TrainingInterrupted), RunDirectory(tmp_path / "b") as run:
-        train(first, features(first), features(first), cfg, run, stop_after_steps=4)
-    assert json.loads((tmp_path / "b" / "status.json").read_text())["status"] == "failed"
-    resumed = get_method(method).build(cfg)
-    with RunDirectory(tmp_path / "b", resume=True) as run:
-        state = train(resumed, features(resumed), features(resumed), cfg, run, resume=True)
+    calls, real_loss = [], first.loss
 
-    assert state.step == full.step == 6
+    def dying_loss(batch):  # a kill during step 5: three steps and a dev loss in epoch 1, then step 4
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt("killed")
+        return real_loss(batch)
+
+    monkeypatch.setattr(first, "loss", dying_loss)
+    with pytest.raises(KeyboardInterrupt):
+        train(first)
+    resumed, messages = get_method(method).build(cfg), []
+    state = train(resumed, resume=True, log=messages.append)
+
+    assert "resumed at epoch 1, step 4" in messages
+    assert state.steps == full.steps == 6
     assert [h["train_loss"] for h in state.history] == [h["train_loss"] for h in full.history]
     for (name, a), (_, b) in zip(
         straight.model.named_parameters(), resumed.model.named_parameters(), strict=True
@@ -224,7 +180,7 @@ def test_resume_continues_exactly(models, tmp_path, method, family):
 
 def test_long_answers_are_cut_but_the_answer_sentence_kept(models):
     long = QAItem("x", "is it ?", "the context", "no", long_answer=" ".join(["the drug"] * 50))
-    student = get_method("lora").build(config(models["llama"], max_answer_tokens=20))
+    student = get_method("lora").build(student_config(models["llama"], max_answer_tokens=20))
     encoded = student.encode(long, train=True).features
     target = [t for t in encoded["labels"] if t != -100]
     assert len(target) == 20
@@ -236,21 +192,21 @@ def test_long_answers_are_cut_but_the_answer_sentence_kept(models):
 
 def test_encoders_cannot_be_generative_students(models):
     with pytest.raises(InputError, match="encoder"):
-        get_method("lora").build(config(models["bert"]))
+        get_method("lora").build(student_config(models["bert"]))
 
 
 def test_unknown_model_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="not a model directory"):
-        get_method("lora").build(config(str(tmp_path / "nowhere")))
+        get_method("lora").build(student_config(str(tmp_path / "nowhere")))
     with pytest.raises(InputError, match="cannot load model"):
-        get_method("seqcls-lora").build(config("no-such-org/no-such-model"))
+        get_method("seqcls-lora").build(student_config("no-such-org/no-such-model"))
 
 
 def test_max_length_beyond_the_model_is_refused(models):
     for method in ("lora", "seqcls-lora", "tag"):
         family = "llama" if method == "lora" else "bert"
         with pytest.raises(InputError, match="exceeds the 1024 positions" if family == "bert" else "2048"):
-            get_method(method).build(config(models[family], method, max_length=4096))
+            get_method(method).build(student_config(models[family], method, max_length=4096))
 
 
 def test_bad_settings_fail_at_construction():

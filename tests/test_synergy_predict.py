@@ -2,6 +2,7 @@
 
 import pytest
 
+from cli_helpers import invoke, write_csv
 from domainlm.errors import InputError
 from domainlm.tasks import get_task
 from domainlm.tasks.synergy import prepare_prediction_rows
@@ -31,52 +32,22 @@ def test_unknown_items_are_named(data_dir, field, value, message):
         prepare_prediction_rows([row], data_dir, source="new.csv", lines=[7])
 
 
-def test_predict_from_names_through_the_cli(data_dir, tmp_path):
-    import csv
-
-    from typer.testing import CliRunner
-
-    from domainlm.cli import _register, app
-    from tiny_models import tiny_model
-
-    _register()
-    model, tok = tiny_model("bert")
-    model.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
-    run = CliRunner()
+def test_predict_from_names_through_the_cli(data_dir, model_dir, tmp_path):
     args = [
-        "train",
         "--task",
         "synergy",
         "--data-dir",
-        str(data_dir),
+        data_dir,
         "--model",
-        str(tmp_path / "m"),
-        "--limit-train",
-        "4",
-        "--limit-eval",
-        "4",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
-        "--grad-accum",
-        "1",
-        "--train-domain-tags",
+        model_dir("bert"),
         "--out",
-        str(tmp_path / "run"),
+        tmp_path / "run",
     ]
-    res = run.invoke(app, args)
+    args += ["--limit-train", 4, "--limit-eval", 4, "--epochs", 1, "--batch-size", 4, "--grad-accum", 1]
+    res = invoke("train", *args, "--train-domain-tags")
     assert res.exit_code == 0, res.output
     f = known(data_dir)
-    new = tmp_path / "new.csv"
-    with open(new, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["drug_a", "drug_b", "cell_line"])
-        w.writerow([f["drug_a"], f["drug_b"], f["cell_line"]])
-        w.writerow([f["drug_a"], f["drug_b"], "NOTACELL"])
-    res = run.invoke(
-        app,
-        ["predict", "--run", str(tmp_path / "run"), "--input", str(new), "--out", str(tmp_path / "p.csv")],
-    )
+    rows = [(f["drug_a"], f["drug_b"], f["cell_line"]), (f["drug_a"], f["drug_b"], "NOTACELL")]
+    new = write_csv(tmp_path / "new.csv", rows, ("drug_a", "drug_b", "cell_line"))
+    res = invoke("predict", "--run", tmp_path / "run", "--input", new, "--out", tmp_path / "p.csv")
     assert res.exit_code == 2 and "line 3" in res.output and "unknown cell line" in res.output

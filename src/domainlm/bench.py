@@ -22,36 +22,15 @@ from typing import Any
 
 from domainlm import io, plots
 from domainlm.errors import DomainLMError
+from domainlm.metrics import is_better
+from domainlm.runs import RunDirectory
+from domainlm.tasks.resolve import TaskSource, resolve_task
 
 CLASSICAL_METHODS = ("mean", "nearest_neighbour", "random_forest", "gradient_boosting")
 PEFT_METHODS = ("linear_probe", "prompt_tuning", "lora")
 TAG_METHOD = "tags"
 ALL_METHODS = (*CLASSICAL_METHODS, *PEFT_METHODS, TAG_METHOD)
-
-# Task -> its folds as (fold name, extra loader options). Unlisted tasks have one fold: the preset's own
-# train / val / test split. (dta: one test fold, which its loader already holds out.)
-FOLD_PLANS: dict[str, Callable[[], list[tuple[str, dict]]]] = {
-    "synergy": lambda: [(f"fold{k}", {"fold": k}) for k in range(5)],
-}
-
-# The paper's test numbers on LLaMA-7B (docs/methods.md), printed under our tables for orientation only.
-PAPER_REFERENCE = {
-    "qed": "Tag-LLaMA 0.008, LoRA 0.020, prompt tuning 1.387, linear probe 0.012, nearest neighbour 0.040",
-    "descriptor": "Tag-LLaMA 0.005, LoRA 0.006, prompt tuning 0.011, linear probe 0.041, "
-    "nearest neighbour 0.012",
-}
-
-# Published expert models on the same data and protocol (docs/methods.md): (model, {test metric: value}).
-# Printed beside our rows; a row "beats" an anchor when it is better on every metric the anchor reports.
-PUBLISHED_ANCHORS: dict[str, list[tuple[str, dict[str, float]]]] = {
-    "dta": [
-        ("DeepDTA (Davis)", {"mse": 0.261, "ci": 0.878}),
-        ("GraphDTA (Davis)", {"mse": 0.229, "ci": 0.893}),
-        ("best recent (Davis)", {"mse": 0.195, "ci": 0.906}),
-    ],
-    "synergy": [("DeepSynergy (O'Neil, 5-fold)", {"pearson": 0.73})],
-}
-LOWER_IS_BETTER = {"mse", "mae", "rmse"}
+PER_BENCH_KEYS = {"settings", "published_anchors"}  # the same in every row: the table states them once
 
 
 def anchor_text(name: str, metrics: dict[str, float]) -> str:
@@ -75,6 +54,9 @@ class BenchSettings:
     grad_accum: int = 8
     skip_invalid: bool = False
     task_options: dict[str, Any] = field(default_factory=dict)
+    # Classical methods: after selection on the validation split, fit again on train + val for the test row
+    # (DeepDTA's setting 1 trains its final model on all five training folds).
+    refit_train_val: bool = False
     tags: list[str] = field(default_factory=list)  # stage-1 tag libraries for the tag method
     train_domain_tags: bool | None = None  # None: train them jointly unless libraries are given
     folds: list[str] | None = None  # a subset of the task's folds
@@ -126,7 +108,7 @@ class Bench:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
     def folds(self) -> list[tuple[str, dict]]:
-        plan = FOLD_PLANS.get(self.spec.name, lambda: [("test", {})])()
+        plan = list(self.spec.folds)
         if self.settings.folds:
             unknown = sorted(set(self.settings.folds) - {name for name, _ in plan})
             if unknown:
@@ -176,12 +158,12 @@ class Bench:
     def run(self, *, resume: bool = False, overwrite: bool = False) -> list[dict]:
         done = self.prepare(resume, overwrite)
         s, failed = self.settings, []
-        for fold, fold_options in self.folds():
+        for fold, _ in self.folds():
             todo = [m for m in ALL_METHODS if m in s.methods and (m, fold) not in done]
             if not todo:
                 self.log(f"{s.task}/{fold}: every method already finished")
                 continue
-            data = self.load(fold_options)
+            data = self.load(fold)
             self._features = None  # classical features: computed once per fold, on first use
             self.log(
                 f"{s.task}/{fold}: {len(data.train)} train, {len(data.val)} val, {len(data.test)} test"
@@ -218,19 +200,19 @@ class Bench:
         self.log(f"{self.spec.name}/{fold}: {method} {primary}={row.get(primary)} in {row['seconds']:.0f} s")
         return row
 
-    def load(self, fold_options: dict):
-        from domainlm.cli.runner import resolve_task
-
+    def task_source(self, fold: str) -> TaskSource:
         s = self.settings
-        opts = {
-            "task": s.task,
-            "data_dir": s.data_dir,
-            "task_options": {**s.task_options, **fold_options},
-            "limit_train": s.limit_train,
-            "limit_eval": s.limit_eval,
-            "skip_invalid": s.skip_invalid,
-        }
-        return resolve_task(opts)[1]
+        return TaskSource(
+            preset=s.task,
+            data_dir=s.data_dir,
+            task_options={**s.task_options, **dict(self.spec.folds)[fold]},
+            limit_train=s.limit_train,
+            limit_eval=s.limit_eval,
+            skip_invalid=s.skip_invalid,
+        )
+
+    def load(self, fold: str):
+        return resolve_task(self.task_source(fold))[1]
 
     def train_config(self, method: str):
         from domainlm.baselines.peft_heads import method_lr
@@ -279,15 +261,20 @@ class Bench:
             )
         if self._features is None:
             started = time.perf_counter()
-            self._features = featurize_task(data, self.spec.name)
+            self._features = featurize_task(data, self.spec)
             self._features_seconds = time.perf_counter() - started
-        row, predictions = run_baseline(method, self._features, self.spec.metrics, seed=self.settings.seed)
+        s = self.settings
+        row, predictions = run_baseline(
+            method, self._features, self.spec.metrics, seed=s.seed, refit=s.refit_train_val
+        )
         metrics = {k: v for k, v in row.items() if k.startswith(("val_", "test_"))}
         return {
             "metrics": metrics,
             "trainable_params": row["trainable_params"],
             "predictions": {"y_true": self._features.y["test"], "y_pred": predictions.get("test")},
             "features_seconds": round(self._features_seconds, 2),
+            "refit": row["refit"],
+            "n_fit": row["n_fit"],
         }
 
     def run_tags(self, fold: str, data, config) -> dict:
@@ -295,7 +282,7 @@ class Bench:
 
         run_dir = self.dir / "runs" / f"tags__{fold}"
         # Resume an interrupted tag run from its checkpoint; redo one that finished without its row saved.
-        finished = _run_status(run_dir) == "complete"
+        finished = RunDirectory.read_status(run_dir) == "complete"
         result = train_tagged_task(
             self.spec,
             data,
@@ -305,6 +292,7 @@ class Bench:
             tags=self.settings.tags or None,
             resume=run_dir.exists() and not finished,
             overwrite=finished,
+            source=self.task_source(fold),
         )
         test = data.test
         predictions = result.get("predictions", {}).get("test")
@@ -334,9 +322,16 @@ class Bench:
             n_val=len(data.val),
             n_test=len(data.test),
         )
-        for key in ("lr", "tokens_per_s", "best_step", "steps", "n_truncated", "features_seconds", "alpha"):
+        numbers = ("lr", "tokens_per_s", "best_step", "steps", "n_truncated", "features_seconds", "alpha")
+        for key in (*numbers, "n_fit"):
             if result.get(key) is not None:
                 row[key] = _number(result[key])
+        if result.get("refit") is not None:
+            row["refit"] = result["refit"]
+        # The anchors of the data set the row was made on (a dta folder may be Davis, KIBA or neither).
+        if "dataset" in data.info:
+            row["dataset"] = data.info["dataset"]
+        row["published_anchors"] = _jsonable(self.spec.anchors_for(data.info))
         if result.get("overflow"):
             row["overflow"] = _jsonable(result["overflow"])
         row["settings"] = _jsonable(self.settings.comparable())
@@ -382,12 +377,12 @@ class Bench:
             "model": self.settings.model,
             "settings": _jsonable(self.settings.comparable()),
             "primary_metric": self.spec.primary_metric,
-            "rows": [{k: v for k, v in r.items() if k != "settings"} for r in rows],
+            "rows": [{k: v for k, v in r.items() if k not in PER_BENCH_KEYS} for r in rows],
         }
         if multi:
             record["summary"] = self.summary(rows)
             self.plot_folds(rows)
-        anchors = PUBLISHED_ANCHORS.get(self.spec.name)
+        anchors = self.anchors(rows)
         if anchors:
             record["published_anchors"] = [
                 {"model": n, **{f"test_{k}": v for k, v in m.items()}} for n, m in anchors
@@ -396,6 +391,11 @@ class Bench:
         io.write_json(self.out / f"{self.spec.name}.json", record)
         markdown = self.markdown(rows, record.get("summary"), record.get("beats"))
         io.write_text(self.out / f"{self.spec.name}.md", markdown)
+
+    def anchors(self, rows: list[dict]) -> list[tuple[str, dict[str, float]]]:
+        """The published anchors of the data the rows were made on (rows of one bench share their settings;
+        rows saved before rows recorded them fall back to the task's)."""
+        return [(name, m) for name, m in rows[0].get("published_anchors", self.spec.published_anchors)]
 
     def markdown(self, rows: list[dict], summary: list[dict] | None, beaten: dict | None = None) -> str:
         s, first = self.settings, rows[0]
@@ -407,9 +407,16 @@ class Bench:
             + (" (first fold)" if summary else "")
             + f"; seed {s.seed}; epochs {s.epochs or self.spec.defaults.get('epochs', 2.0)}; "
             f"batch {s.batch_size} x {s.grad_accum} accumulation. Model selection on the validation split "
-            f"by {self.spec.primary_metric}. `trainable_params` n/a: no neural weights.",
+            f"by {self.spec.primary_metric}. `trainable_params` n/a: no neural weights."
+            + (f" Data set: {first['dataset']}." if first.get("dataset") else ""),
             "",
         ]
+        if s.refit_train_val:
+            lines += [
+                "Classical rows refit on train + val after selection (`--refit-train-val`): their test "
+                "metrics are the refit model's, their val metrics the selection model's.",
+                "",
+            ]
         columns = ["method", *(["fold"] if summary else []), *metrics, "trainable_params", "seconds"]
         lines += [_md_row(columns), _md_row(["---"] * len(columns))]
         lines += [_md_row([_fmt(r.get(c)) for c in columns]) for r in rows]
@@ -421,9 +428,11 @@ class Bench:
                 cells += [f"{_fmt(r.get(m))} +- {_fmt(r.get(m + '_std'))}" for m in metrics]
                 cells += [_fmt(r["trainable_params"]), _fmt(r["seconds"])]
                 lines.append(_md_row(cells))
-        if self.spec.name in PAPER_REFERENCE:
-            lines += ["", f"Paper, LLaMA-7B, full data (test MSE): {PAPER_REFERENCE[self.spec.name]}."]
-        anchors = PUBLISHED_ANCHORS.get(self.spec.name)
+        if self.spec.paper_reference:
+            lines += ["", f"Paper, LLaMA-7B, full data (test MSE): {self.spec.paper_reference}."]
+        anchors = self.anchors(rows)
+        if not anchors and first.get("dataset"):
+            lines += ["", f"Published anchors: none for this data set ({first['dataset']})."]
         if anchors:
             lines += ["", "Published anchors (their papers, full training data):", ""]
             lines += [f"* {anchor_text(name, m)}" for name, m in anchors]
@@ -439,7 +448,7 @@ class Bench:
         out = {}
         for r in rows:
             won = [
-                name for name, m in anchors if all(_better(r.get(f"test_{k}"), v, k) for k, v in m.items())
+                name for name, m in anchors if all(is_better(k, r.get(f"test_{k}"), v) for k, v in m.items())
             ]
             if won:
                 out[f"{r['method']}" + (f"/{r['fold']}" if "fold" in r else "")] = won
@@ -455,20 +464,6 @@ class Bench:
             if groups:
                 title = f"{self.spec.name} on {self.settings.model}: test {metric} per fold"
                 plots.grouped_bars(groups, self.dir / "plots" / f"folds_{metric}.png", metric, title)
-
-
-def _better(ours, theirs: float, metric: str) -> bool:
-    if ours is None:
-        return False
-    return ours < theirs if metric in LOWER_IS_BETTER else ours > theirs
-
-
-def _run_status(run_dir: Path) -> str | None:
-    """A run folder's status, read without opening it as a RunDirectory (which would mark it running)."""
-    from domainlm.runs import STATUS_FILE
-
-    path = run_dir / STATUS_FILE
-    return json.loads(path.read_text(encoding="utf-8")).get("status") if path.exists() else None
 
 
 def run_bench(

@@ -5,10 +5,34 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from domainlm.errors import InputError
+from domainlm.errors import DomainLMError, InputError
 from domainlm.io import read_jsonl_objects
+
+
+@dataclass
+class CorpusSource:
+    """Stage 1's data, as a run's configuration records it: unlabelled text for one domain tag."""
+
+    path: str | None = None
+    tag: str | None = None  # the domain tag to train, e.g. SMILES
+    text_column: str | None = None  # the column of a CSV/JSONL corpus
+    char_level: bool = False  # the tag's data is read one character a token
+    val_fraction: float = 0.05
+    limit: int | None = None  # use only the first N texts
+
+    def __post_init__(self):
+        self.path = None if self.path is None else str(self.path)  # as YAML reads it back
+
+    def read(self) -> list[str]:
+        if not self.path or not self.tag:
+            raise DomainLMError(
+                "stage domain needs --corpus (unlabelled text) and --tag (the domain tag name)"
+            )
+        texts = read_corpus(self.path, self.text_column)
+        return texts[: self.limit] if self.limit else texts
 
 
 def read_corpus(path: str | Path, text_column: str | None = None) -> list[str]:

@@ -1,18 +1,96 @@
-"""Run directories: resolved config, log, metrics and a status that only says "complete" at the end."""
+"""Run directories: resolved config, log, metrics and a status that only says "complete" at the end; and
+`RunConfig`, what a tag run is, as its config.yaml records it."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from domainlm import io
+from domainlm.corpus import CorpusSource
 from domainlm.errors import DomainLMError
+from domainlm.tasks.resolve import TaskSource
+from domainlm.training import TrainConfig
 
 STATUS_FILE = "status.json"
+CONFIG_FILE = "config.yaml"
+RUN_CONFIG_VERSION = 1  # bump when a saved RunConfig would read back differently
+
+
+@dataclass
+class RunConfig:
+    """What a tag run is: written to its config.yaml and read back by eval, predict and --resume.
+
+    `isolate` and `reuse` are what the trainer resolved from `train` (None until it has); eval and predict
+    use them, never the requested values."""
+
+    model: str
+    train: TrainConfig = field(default_factory=TrainConfig)  # holds the stage
+    task: TaskSource | None = None  # stages 2 and 3: the labelled task
+    corpus: CorpusSource | None = None  # stage 1: unlabelled text for one domain tag
+    tags: list[str] = field(default_factory=list)  # tag libraries to start from; they merge
+    prefer: str | dict[str, str] = "error"  # who wins a merge conflict: error, first, last or {tag: library}
+    isolate: bool | None = None
+    reuse: bool | None = None
+    version: int = RUN_CONFIG_VERSION
+
+    def __post_init__(self):
+        self.tags = [str(t) for t in self.tags]
+
+    @property
+    def stage(self) -> str:
+        return self.train.stage
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML data (tuples as lists), equal to what config.yaml reads back."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any], source: str = "run configuration") -> RunConfig:
+        version = record.get("version")
+        if not isinstance(version, int) or version < RUN_CONFIG_VERSION:
+            raise DomainLMError(
+                f"{source}: run configuration version {version!r} is not the one this domainlm reads "
+                f"({RUN_CONFIG_VERSION}); it is no tag run, or an older domainlm wrote it: train it again"
+            )
+        if version > RUN_CONFIG_VERSION:
+            raise DomainLMError(
+                f"{source}: run configuration version {version} is newer than this domainlm reads "
+                f"({RUN_CONFIG_VERSION}); upgrade domainlm"
+            )
+        record = dict(record)
+        try:
+            record["train"] = TrainConfig.from_dict(record.get("train") or {})
+            for key, kind in (("task", TaskSource), ("corpus", CorpusSource)):
+                if record.get(key) is not None:
+                    record[key] = kind(**record[key])
+            return cls(**record)
+        except TypeError as e:  # unknown or missing fields
+            raise DomainLMError(f"{source}: not a run configuration domainlm can read ({e})") from None
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> RunConfig:
+        path = Path(run_dir) / CONFIG_FILE
+        if not path.is_file():
+            raise DomainLMError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
+        return cls.from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, source=str(path))
+
+
+def finished_run_config(run_dir: str | Path) -> RunConfig:
+    """The configuration of a run that completed; an unfinished run is refused."""
+    status = RunDirectory.read_status(run_dir)
+    if status != "complete" and (Path(run_dir) / CONFIG_FILE).is_file():
+        raise DomainLMError(
+            f"{run_dir} did not finish (status: {status}); resume it with `domainlm train --resume`"
+        )
+    return RunConfig.load(run_dir)
 
 
 class RunDirectory:
@@ -21,7 +99,7 @@ class RunDirectory:
 
     def __init__(self, path: str | Path, *, resume: bool = False, overwrite: bool = False):
         self.path = Path(path)
-        status = self.status()
+        status = self.read_status(self.path)
         if status == "complete" and not overwrite:
             raise DomainLMError(f"{self.path} already holds a complete run; pass --overwrite to replace it")
         if status in {"running", "failed"} and not (resume or overwrite):
@@ -38,19 +116,17 @@ class RunDirectory:
         self._set_status("running")
         self.logger = _file_logger(self.path / "train.log")
 
-    def status(self) -> str | None:
-        f = self.path / STATUS_FILE
-        if not f.exists():
-            return None
-        import json
-
-        return json.loads(f.read_text()).get("status")
+    @staticmethod
+    def read_status(path: str | Path) -> str | None:
+        """A run folder's status (None: not a run), read without opening it, which would mark it running."""
+        f = Path(path) / STATUS_FILE
+        return json.loads(f.read_text(encoding="utf-8")).get("status") if f.exists() else None
 
     def _set_status(self, status: str, **extra: Any) -> None:
         io.write_json(self.path / STATUS_FILE, {"status": status, "time": time.time(), **extra})
 
     def write_config(self, config: dict[str, Any]) -> None:
-        io.write_text(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        io.write_text(self.path / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         io.write_json(self.path / "metrics.json", metrics)

@@ -1,4 +1,4 @@
-"""Task-level runs: template + data + TaggedModel + Trainer -> a complete run directory.
+"""Task-level runs: template + data + TaggedModel + the training loop -> a complete run directory.
 
 `train_tagged_task` is what `domainlm train`, `domainlm demo` and the `bench` tag rows all call.
 """
@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,16 @@ from typing import Any
 import numpy as np
 
 from domainlm import io, metrics, plots
+from domainlm.corpus import CorpusSource
+from domainlm.engine.inference import lm_loss, predict
 from domainlm.engine.model import TaggedModel
+from domainlm.engine.tag_training import Split, TagMethod
 from domainlm.engine.template import Part, Template
 from domainlm.errors import DomainLMError, InputError
-from domainlm.runs import RunDirectory
+from domainlm.runs import RunConfig, RunDirectory
 from domainlm.tasks.base import Example, TaskData, TaskSpec
-from domainlm.training import Split, TrainConfig, Trainer, predict
+from domainlm.tasks.resolve import TaskSource
+from domainlm.training import CHECKPOINT, TrainConfig, fit
 
 
 def prepare_tags(
@@ -86,25 +91,12 @@ def evaluate_split(
     if spec.head == "regression":
         values = preds.reshape(-1)
         result = metrics.compute(spec.metrics, split.labels, values)
-        result["selection_metric"], result["selection_value"] = (
-            spec.primary_metric,
-            _selection(spec.primary_metric, result[spec.primary_metric]),
-        )
     else:
         values = preds.argmax(-1)
         result = metrics.compute(
             [m for m in spec.metrics if m in metrics.CLASSIFICATION_METRICS], split.labels, values
         )
-        result["selection_metric"], result["selection_value"] = (
-            spec.primary_metric,
-            _selection(spec.primary_metric, result[spec.primary_metric]),
-        )
     return result, preds
-
-
-def _selection(metric: str, value: float) -> float:
-    """Lower is better for selection; flip metrics where higher is better."""
-    return -value if metric in {"pearson", "spearman", "r2", "ci", "rm2", "accuracy", "macro_f1"} else value
 
 
 def train_tagged_task(
@@ -118,22 +110,25 @@ def train_tagged_task(
     resume: bool = False,
     overwrite: bool = False,
     on_conflict: str | dict = "error",
-    extra_config: dict[str, Any] | None = None,
+    source: TaskSource | None = None,
 ) -> dict[str, Any]:
-    """Train the task's function tag (and heads) and evaluate; returns metrics, parameter counts and time."""
+    """Train the task's function tag (and heads) and evaluate; returns metrics, parameter counts and time.
+    `source` says where the task came from, for the run's config.yaml (None: only the spec's template and
+    head are recorded, so `domainlm eval` has no data to reload)."""
     started = time.time()
-    with RunDirectory(out_dir, resume=resume, overwrite=overwrite) as run:
-        run.write_config(
-            {
-                "task": spec.name,
-                "template": spec.template,
-                "head": spec.head,
-                "model": model if isinstance(model, str) else model.name,
-                "tags": tags or [],
-                "train": config.to_dict(),
-                **(extra_config or {}),
-            }
+    if source is None:
+        source = TaskSource(
+            template=spec.template, head=spec.head, n_classes=spec.n_classes, char_level=spec.char_level_tags
         )
+    run_config = RunConfig(
+        model if isinstance(model, str) else model.name,
+        config,
+        task=source,
+        tags=tags or [],
+        prefer=on_conflict,
+    )
+    with RunDirectory(out_dir, resume=resume, overwrite=overwrite) as run:
+        run.write_config(run_config.to_dict())
         for reason, count in data.skipped.items():
             run.log(f"skipped {count} rows: {reason}")
         tm = (
@@ -146,42 +141,54 @@ def train_tagged_task(
         template = Template(spec.template)
         prepare_tags(tm, template, spec, data.train, config)
         splits = {name: render_split(template, exs, spec.name) for name, exs in data.splits().items()}
-        trainer = Trainer(tm, config, run.path, log=run.log)
-        trainer.configure(template.function_tag, template.domain_tags)
+        method = TagMethod(
+            tm, config, splits["train"], function_tag=template.function_tag, domain_tags=template.domain_tags
+        )
 
-        def evaluate(split: Split) -> dict:
+        def validate() -> dict:
             return evaluate_split(
                 tm,
-                split,
+                splits["val"],
                 spec,
-                isolate=trainer.isolate,
-                cache=trainer.cache,
+                isolate=method.isolate,
+                cache=method.cache,
                 batch_size=config.eval_batch_size,
                 description="validating",
             )[0]
 
-        touched = overflow_report(tm, splits, trainer.isolate)
+        touched = overflow_report(tm, splits, method.isolate)
         if any(touched.values()):
             run.log(f"over-long inputs ({config.overflow}): {touched}")
-        history = trainer.fit(splits["train"], splits["val"], evaluate, resume=resume)
+        trained = fit(
+            method,
+            config.loop(),
+            validate=validate if len(splits["val"]) else None,
+            select=spec.primary_metric,
+            checkpoint=run.path / CHECKPOINT,
+            resume=resume,
+            log=run.log,
+            description="stage function",
+        )
+        history = trained.history
         results: dict[str, Any] = {
             "task": spec.name,
             "method": "tags",
             "seed": config.seed,
             "trainable_params": tm.num_trainable(),
             "total_params": tm.num_total(),
-            "train_tokens_per_s": round(trainer.throughput, 1),
+            "train_tokens_per_s": round(trained.tokens_per_s, 1),
+            "best_step": trained.best_step,
             "n_train": len(data.train),
             "n_val": len(data.val),
             "n_test": len(data.test),
             "skipped": dict(data.skipped),
             "info": data.info,
-            "isolate": trainer.isolate,
-            "reuse": trainer.reuse,
+            "isolate": method.isolate,
+            "reuse": method.reuse,
             "overflow": {"mode": config.overflow, "max_span_tokens": config.max_span_tokens, **touched},
         }
-        if trainer.cache is not None:
-            results["span_cache"] = {**vars(trainer.cache.stats), "bytes": trainer.cache.bytes}
+        if method.cache is not None:
+            results["span_cache"] = {**vars(method.cache.stats), "bytes": method.cache.bytes}
         predictions = {}
         for name in ("val", "test"):
             if len(splits[name]) == 0:
@@ -190,12 +197,12 @@ def train_tagged_task(
                 tm,
                 splits[name],
                 spec,
-                isolate=trainer.isolate,
-                cache=trainer.cache,
+                isolate=method.isolate,
+                cache=method.cache,
                 batch_size=config.eval_batch_size,
                 description=f"scoring {name}",
             )
-            results.update({f"{name}_{k}": v for k, v in scores.items() if not k.startswith("selection")})
+            results.update({f"{name}_{k}": v for k, v in scores.items()})
             predictions[name] = preds
             write_predictions(run.path / f"predictions_{name}.csv", splits[name], preds, spec)
         results["seconds"] = round(time.time() - started, 2)
@@ -214,6 +221,8 @@ def train_tagged_task(
                 run.path / "scatter_test.png",
                 title=f"{spec.name} test (tags)",
             )
+        resolved = dataclasses.replace(run_config, isolate=results["isolate"], reuse=results["reuse"])
+        run.write_config(resolved.to_dict())  # what eval and predict use
         run.write_metrics(results)
         run.log("metrics: " + ", ".join(f"{k}={v:.5g}" for k, v in results.items() if isinstance(v, float)))
         run.complete()
@@ -257,25 +266,19 @@ def train_domain_tag(
     tags: list[str] | None = None,
     resume: bool = False,
     overwrite: bool = False,
-    extra_config: dict[str, Any] | None = None,
+    corpus: CorpusSource | None = None,
 ) -> dict[str, Any]:
-    """Stage 1: a domain tag from unlabelled text, next-token loss on "<Tag> text" (non-tag tokens only)."""
+    """Stage 1: a domain tag from unlabelled text, next-token loss on "<Tag> text" (non-tag tokens only).
+    `corpus` says where the texts came from, for the run's config.yaml."""
     import random
 
     started = time.time()
+    corpus = corpus or CorpusSource(tag=tag, char_level=char_level, val_fraction=val_fraction)
+    run_config = RunConfig(
+        model if isinstance(model, str) else model.name, config, corpus=corpus, tags=tags or []
+    )
     with RunDirectory(out_dir, resume=resume, overwrite=overwrite) as run:
-        run.write_config(
-            {
-                "stage": "domain",
-                "tag": tag,
-                "char_level": char_level,
-                "n_texts": len(texts),
-                "model": model if isinstance(model, str) else model.name,
-                "tags": tags or [],
-                "train": config.to_dict(),
-                **(extra_config or {}),
-            }
-        )
+        run.write_config(run_config.to_dict())
         tm = (
             model
             if isinstance(model, TaggedModel)
@@ -295,21 +298,29 @@ def train_domain_tag(
             return Split([domain_parts(tag, texts[i]) for i in idx], None, [str(i) for i in idx])
 
         train, val = render(order[n_val:]), render(order[:n_val])
-        trainer = Trainer(tm, config, run.path, log=run.log)
-        trainer.configure(None, [tag])
+        method = TagMethod(tm, config, train, function_tag=None, domain_tags=[tag])
 
-        def evaluate(split: Split) -> dict:
-            loss = lm_loss(tm, split.inputs, config.eval_batch_size)
-            return {"lm_loss": loss, "selection_metric": "lm_loss", "selection_value": loss}
+        def validate() -> dict:
+            return {"lm_loss": lm_loss(tm, val.inputs, config.eval_batch_size)}
 
-        history = trainer.fit(train, val, evaluate, resume=resume)
+        trained = fit(
+            method,
+            config.loop(),
+            validate=validate if len(val) else None,
+            select="lm_loss",
+            checkpoint=run.path / CHECKPOINT,
+            resume=resume,
+            log=run.log,
+            description="stage domain",
+        )
+        history = trained.history
         results = {
             "stage": "domain",
             "tag": tag,
             "trainable_params": tm.num_trainable(),
             "n_train": len(train),
             "n_val": len(val),
-            "train_tokens_per_s": round(trainer.throughput, 1),
+            "train_tokens_per_s": round(trained.tokens_per_s, 1),
         }
         if len(val):
             results["val_lm_loss"] = lm_loss(tm, val.inputs, config.eval_batch_size)
@@ -332,21 +343,3 @@ def train_domain_tag(
 def domain_parts(tag: str, text: str) -> list[Part]:
     """Stage-1 input: `<Tag> text`, the text being the tag's data span."""
     return [Part("tag", tag), Part("text", " "), Part("data", text, domain=tag)]
-
-
-def lm_loss(tm: TaggedModel, inputs: list, batch_size: int = 32) -> float:
-    """Mean next-token loss over non-tag tokens."""
-    import torch
-
-    from domainlm.training import to_device
-
-    total, count = 0.0, 0
-    tm.eval()
-    with torch.no_grad():
-        for s in range(0, len(inputs), batch_size):
-            batch = to_device(tm.encode(inputs[s : s + batch_size], lm_labels=True), tm.device)
-            out = tm(**batch)
-            n = int((batch["lm_labels"][:, 1:] != -100).sum())
-            total += float(out.lm_loss) * n
-            count += n
-    return total / max(1, count)

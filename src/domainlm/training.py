@@ -1,33 +1,77 @@
-"""One trainer for every stage. The stage decides what trains and which loss:
+"""The one training loop. A method says what trains and what its loss is (`TrainableMethod`: tags in
+`engine.tag_training`, the PEFT baselines in `baselines.peft_heads`, the QA students in
+`qa.students.trainable`); `fit` does the rest, with one policy for each of:
 
-* domain   (stage 1): domain tags, next-token loss on "<Domain> text" (causal LMs only);
-* function (stages 2 and 3): function tags and heads, task loss; domain tags frozen unless
-  `train_domain_tags` (joint, for encoders) or `enrich` (also the LM loss, the paper's ablation).
+* optimisation: AdamW over the trainable parameters, warm-up then decay (`schedule`), gradient accumulation
+  (a step's loss is the mean over its batches; an epoch's last group may hold fewer), gradient clipping to
+  `max_grad_norm` (None: none);
+* selection: `validate()` runs `evals_per_epoch` times an epoch and after the last step; when training ends
+  the trainable weights at the best value of its `select` metric are restored (the metric's direction comes
+  from `domainlm.metrics`, its one home);
+* non-finite losses: a batch whose loss is NaN or infinite is skipped (no gradient) and a step whose gradient
+  norm is not finite is not applied; both count in the step's history row (`skipped_batches`) and are logged;
+  `NONFINITE_LIMIT` skipped batches in a row raise a `DomainLMError`, as the run has diverged;
+* checkpoints: every `checkpoint_every` steps, at each epoch's end and after the last step, one file written
+  atomically, holding only tensors and plain values (loaded with `weights_only=True`): trainable weights,
+  optimizer, schedule, random states, position, history and best state. Resuming from it continues exactly
+  as the uninterrupted run would have;
+* progress: a progress bar, and a log line at each validation.
 """
 
 from __future__ import annotations
 
 import math
 import random
-import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import get_scheduler
 
-from domainlm.engine.model import TaggedModel
+from domainlm import io
 from domainlm.errors import DomainLMError
+from domainlm.metrics import selection_value
 from domainlm.progress import progress_bar
 
 STAGES = ("domain", "function")
+NONFINITE_LIMIT = 5  # skipped batches in a row that stop a run
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class LoopSettings:
+    """What the loop needs from a method's configuration (`TrainConfig.loop`, `StudentConfig.loop`)."""
+
+    epochs: float
+    lr: float
+    batch_size: int
+    grad_accum: int = 1
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    schedule: str = "linear"  # any transformers.get_scheduler name
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+    evals_per_epoch: int = 1
+    checkpoint_every: int = 0  # optimizer steps; 0: only at epoch ends
+
+    def __post_init__(self):
+        for name in ("batch_size", "grad_accum", "evals_per_epoch"):
+            if getattr(self, name) < 1:
+                raise DomainLMError(f"{name} must be >= 1")
+        if not self.epochs > 0 or not self.lr > 0:
+            raise DomainLMError("epochs and lr must be positive")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise DomainLMError(f"max_grad_norm must be positive (or None), got {self.max_grad_norm}")
+        if self.checkpoint_every < 0:
+            raise DomainLMError("checkpoint_every must be >= 0")
 
 
 @dataclass
 class TrainConfig:
+    """Settings of a tag run; the PEFT baselines share the loop settings and dtype/device."""
+
     stage: str = "function"
     epochs: float = 2.0
     lr: float = 1e-4
@@ -60,11 +104,13 @@ class TrainConfig:
             raise DomainLMError(f"stage must be one of {STAGES}, got {self.stage!r}")
         if self.enrich and self.train_domain_tags:
             raise DomainLMError("choose --enrich (LM loss on domain tags) or --train-domain-tags, not both")
-        for name in ("batch_size", "grad_accum", "eval_batch_size", "tag_length", "evals_per_epoch"):
+        for name in ("eval_batch_size", "tag_length"):
             if getattr(self, name) < 1:
                 raise DomainLMError(f"{name} must be >= 1")
-        if not self.epochs > 0 or not self.lr > 0:
-            raise DomainLMError("epochs and lr must be positive")
+        self.loop()  # the loop's own checks
+
+    def loop(self) -> LoopSettings:
+        return LoopSettings(**{f.name: getattr(self, f.name) for f in fields(LoopSettings)})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,22 +124,63 @@ class TrainConfig:
         return cls(**d)
 
 
+class TrainableMethod:
+    """What trains and what its loss is. Training examples are the indices 0 .. n_examples - 1."""
+
+    n_examples: int
+
+    def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
+        raise NotImplementedError
+
+    def loss(self, batch: list[int]) -> torch.Tensor:
+        """The mean training loss over these examples (a scalar with a gradient)."""
+        raise NotImplementedError
+
+    def tokens(self, batch: list[int]) -> int:
+        """Input positions the batch runs through the model, for throughput."""
+        raise NotImplementedError
+
+    def train_mode(self, training: bool) -> None:
+        raise NotImplementedError
+
+    def batches(self, batch_size: int, seed: int) -> list[list[int]]:
+        """One epoch's batches, a function of `seed` alone (so a resumed epoch replays them)."""
+        return shuffled_batches(self.n_examples, batch_size, seed)
+
+
 @dataclass
-class Split:
-    """Inputs (strings or rendered parts) and labels (None for the LM stage)."""
+class TrainResult:
+    history: list[dict]
+    steps: int
+    epochs: float  # epochs done
+    best_step: int | None  # where the restored weights come from (None: no selection ran)
+    best_value: float | None  # the selection metric there, in its own units
+    skipped_batches: int  # batches skipped for a non-finite loss or gradient
+    seconds: float  # this call's training time
+    tokens_per_s: float
 
-    inputs: list
-    labels: list | None = None
-    ids: list[str] | None = None
 
-    def __len__(self) -> int:
-        return len(self.inputs)
+@dataclass
+class _Position:
+    step: int = 0
+    epoch: int = 0
+    next_group: int = 0  # accumulation groups of the current epoch already applied
+    streak: int = 0  # skipped batches in a row
+    skipped: int = 0
+    history: list[dict] = field(default_factory=list)
+    best: dict | None = None  # {"step", "value" (its own units), "weights"}
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def shuffled_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
 def grouped_batches(keys: list, batch_size: int, seed: int) -> list[list[int]]:
@@ -124,286 +211,228 @@ def length_bucketed_batches(
     return batches
 
 
-class Trainer:
-    def __init__(
-        self,
-        tm: TaggedModel,
-        config: TrainConfig,
-        run_dir: Path | None = None,
-        log: Callable[[str], None] = print,
-    ):
-        self.tm, self.config, self.run_dir, self.log = tm, config, run_dir, log
-        self.isolate = False
-        self.reuse = False
-        self.cache = None
-        self.history: list[dict] = []
-        self.step = 0
-        self.best: dict | None = None
+def fit(
+    method: TrainableMethod,
+    settings: LoopSettings,
+    *,
+    validate: Callable[[], dict[str, float]] | None = None,
+    select: str | None = None,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+    description: str = "training",
+) -> TrainResult:
+    """Train `method` in place. `validate()` returns metrics (logged as `val_<name>`); with `select`, the
+    weights at that metric's best value are restored at the end. `checkpoint`: the file to save to, and
+    with `resume` to continue from when it exists."""
+    from transformers import get_scheduler
 
-    # -- what trains ------------------------------------------------------------------------------------
-    def configure(self, function_tag: str | None, domain_tags: list[str]) -> None:
-        c, tm = self.config, self.tm
-        tm.set_length_policy(c.overflow, c.max_span_tokens)
-        for p in tm.parameters():
-            p.requires_grad_(False)
-        if c.stage == "domain":
-            if not tm.causal:
-                raise DomainLMError(
-                    f"stage 1 trains domain tags with the next-token loss; {type(tm.base).__name__} has no LM"
-                    " head. On an encoder, train domain tags jointly: --stage function --train-domain-tags"
-                )
-            tm.set_trainable(names=domain_tags)
-            return
-        if function_tag is None:
-            raise DomainLMError("a function stage needs a function tag (the template's last marker)")
-        if c.enrich and not tm.causal:
-            raise DomainLMError("--enrich adds the next-token loss and needs a causal LM")
-        names = [function_tag] + (domain_tags if (c.train_domain_tags or c.enrich) else [])
-        tm.set_trainable(names=names)
-        head = tm.specs[function_tag].head
-        default_isolate = head is not None and head.type == "regression" and tm.attention_hook
-        self.isolate = default_isolate if c.isolate is None else c.isolate
-        frozen_spans = self.isolate and not (c.train_domain_tags or c.enrich)
-        if c.reuse and not frozen_spans:
-            raise DomainLMError(
-                "span reuse needs isolated attention and frozen domain tags (no --train-domain-tags/--enrich)"
-            )
-        self.reuse = frozen_spans if c.reuse is None else c.reuse
-        if self.reuse:
-            from domainlm.engine.reuse import SpanCache
-
-            budget = None if c.cache_budget_gb is None else int(c.cache_budget_gb * 2**30)
-            from domainlm.engine.model import DTYPES
-
-            dtype = DTYPES[c.cache_dtype] if c.cache_dtype else None
-            self.cache = SpanCache(tm, budget_bytes=budget, dtype=dtype)
-
-    # -- the loop -------------------------------------------------------------------------------------------
-    def fit(
-        self,
-        train: Split,
-        val: Split | None = None,
-        evaluate: Callable[[Split], dict] | None = None,
-        resume: bool = False,
-    ) -> list[dict]:
-        c, tm = self.config, self.tm
-        if len(train) == 0:
-            raise DomainLMError("the training split is empty")
-        params = list(tm.trainable_parameters().values())
-        if not params:
-            raise DomainLMError("nothing to train: every tag is frozen")
-        seed_everything(c.seed)
-        lengths = [len(tm.encoder.encode(x, i).ids) for i, x in enumerate(train.inputs)]
-        per_epoch = math.ceil(len(train) / c.batch_size)
-        steps_per_epoch = max(1, math.ceil(per_epoch / c.grad_accum))
-        total_steps = max(1, math.ceil(steps_per_epoch * c.epochs))
-        optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
-        scheduler = get_scheduler(
-            c.schedule,
-            optimizer,
-            num_warmup_steps=int(c.warmup_ratio * total_steps),
-            num_training_steps=total_steps,
-        )
-        start_epoch, skip_batches = 0, 0
-        if resume and self._checkpoint_dir().exists():
-            start_epoch, skip_batches = self._load_checkpoint(optimizer, scheduler)
-            self.log(f"resumed at step {self.step} (epoch {start_epoch}, batch {skip_batches})")
-        eval_every = max(1, steps_per_epoch // c.evals_per_epoch)
-        self.log(
-            f"training {tm.num_trainable():,} of {tm.num_total():,} parameters "
-            f"({', '.join(tm.trainable_parameters())}); {total_steps} optimizer steps, isolate={self.isolate}"
-        )
-        tokens, t0, running = 0, time.time(), []
-        with progress_bar(total=total_steps, description=f"stage {c.stage}", completed=self.step) as bar:
-            epoch = start_epoch
-            while self.step < total_steps:
-                batches = self._batches(train, lengths, c.seed + epoch)
-                for b, idx in enumerate(batches):
-                    if epoch == start_epoch and b < skip_batches:
+    s = settings
+    if method.n_examples == 0:
+        raise DomainLMError("the training split is empty")
+    params = method.trainable_parameters()
+    if not params:
+        raise DomainLMError("nothing to train: every parameter is frozen")
+    seed_everything(s.seed)
+    steps_per_epoch = math.ceil(math.ceil(method.n_examples / s.batch_size) / s.grad_accum)
+    total_steps = max(1, math.ceil(steps_per_epoch * s.epochs))
+    optimizer = torch.optim.AdamW(params.values(), lr=s.lr, weight_decay=s.weight_decay)
+    scheduler = get_scheduler(
+        s.schedule,
+        optimizer,
+        num_warmup_steps=int(s.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    at = _Position()
+    if resume and checkpoint is not None and Path(checkpoint).exists():
+        at = _load(Path(checkpoint), s, params, optimizer, scheduler)
+        log(f"resumed at epoch {at.epoch}, step {at.step}")
+    eval_every = max(1, steps_per_epoch // s.evals_per_epoch)
+    log(
+        f"training {sum(p.numel() for p in params.values()):,} parameters "
+        f"({_summarise(list(params))}); {total_steps} optimizer steps"
+    )
+    method.train_mode(True)
+    tokens, started = 0, time.perf_counter()
+    with progress_bar(total=total_steps, description=description, completed=at.step) as bar:
+        while at.step < total_steps:
+            batches = method.batches(s.batch_size, s.seed + at.epoch)
+            groups = [batches[i : i + s.grad_accum] for i in range(0, len(batches), s.grad_accum)]
+            while at.next_group < len(groups) and at.step < total_steps:
+                group = groups[at.next_group]
+                losses, skipped = [], 0
+                for batch in group:
+                    loss = method.loss(batch)
+                    if not torch.isfinite(loss.detach()):
+                        skipped += 1
+                        _count_nonfinite(at, 1, log)
                         continue
-                    out = self._forward(train, idx)
-                    (out.loss / c.grad_accum).backward()
-                    running.append(float(out.loss.detach()))
-                    tokens += sum(lengths[i] for i in idx)
-                    last = b == len(batches) - 1
-                    if (b + 1) % c.grad_accum == 0 or last:
-                        torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
-                        optimizer.step()
-                        scheduler.step()
+                    at.streak = 0
+                    (loss / len(group)).backward()
+                    losses.append(float(loss.detach()))
+                    tokens += method.tokens(batch)
+                if losses:
+                    norm = torch.nn.utils.clip_grad_norm_(params.values(), s.max_grad_norm or math.inf)
+                    if not torch.isfinite(norm):
                         optimizer.zero_grad(set_to_none=True)
-                        self.step += 1
-                        row = {
-                            "step": self.step,
-                            "epoch": epoch + (b + 1) / len(batches),
-                            "train_loss": float(np.mean(running)),
-                            "lr": scheduler.get_last_lr()[0],
-                            "tokens_per_s": tokens / max(1e-9, time.time() - t0),
-                        }
-                        running = []
-                        if self.step % eval_every == 0 or self.step >= total_steps:
-                            row.update(self._validate(val, evaluate))
-                        self.history.append(row)
-                        if "val_selection_value" in row or self.step % max(1, total_steps // 10) == 0:
-                            self.log(_describe(row, total_steps))
-                        bar.update(self.step, loss=row["train_loss"], tok_s=row["tokens_per_s"])
-                        if self.step % c.checkpoint_every == 0 or last:
-                            self._save_checkpoint(
-                                optimizer, scheduler, epoch + 1 if last else epoch, 0 if last else b + 1
-                            )
-                        if self.step >= total_steps:
-                            break
-                epoch += 1
-        self.throughput = tokens / max(1e-9, time.time() - t0)
-        if self.best is not None:
-            self._restore(self.best["state"])
-            self.log(
-                f"restored the best validation state (step {self.best['step']}, "
-                f"{self.best['metric']}={self.best['value']:.5g})"
-            )
-        return self.history
+                        skipped += len(losses)
+                        _count_nonfinite(at, len(losses), log)
+                        losses = []
+                # A skipped step leaves no gradient, so nothing moves; the schedule still advances.
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                at.step += 1
+                at.next_group += 1
+                row = {
+                    "step": at.step,
+                    "epoch": at.epoch + at.next_group / len(groups),
+                    "train_loss": float(np.mean(losses)) if losses else None,
+                    "lr": scheduler.get_last_lr()[0],
+                    "tokens_per_s": tokens / max(1e-9, time.perf_counter() - started),
+                }
+                if skipped:
+                    row["skipped_batches"] = skipped
+                if validate is not None and (at.step % eval_every == 0 or at.step >= total_steps):
+                    _validate(method, validate, select, params, at, row)
+                    log(_describe(row, total_steps))
+                at.history.append(row)
+                shown = {"loss": row["train_loss"]} if losses else {}
+                bar.update(at.step, tok_s=row["tokens_per_s"], **shown)
+                epoch_done = at.next_group == len(groups)
+                if epoch_done:
+                    at.epoch, at.next_group = at.epoch + 1, 0
+                due = s.checkpoint_every and at.step % s.checkpoint_every == 0
+                if checkpoint is not None and (due or epoch_done or at.step >= total_steps):
+                    _save(Path(checkpoint), s, params, optimizer, scheduler, at)
+                if epoch_done:
+                    break
+    seconds = time.perf_counter() - started
+    if at.best is not None:
+        _copy_into(params, at.best["weights"])
+        log(f"restored the best validation state (step {at.best['step']}, {select}={at.best['value']:.5g})")
+    method.train_mode(False)
+    return TrainResult(
+        history=at.history,
+        steps=at.step,
+        epochs=round(at.epoch + at.next_group / steps_per_epoch, 4),
+        best_step=at.best["step"] if at.best else None,
+        best_value=at.best["value"] if at.best else None,
+        skipped_batches=at.skipped,
+        seconds=seconds,
+        tokens_per_s=tokens / max(1e-9, seconds),
+    )
 
-    def _batches(self, split: Split, lengths: list[int], seed: int) -> list[list[int]]:
-        if self.reuse and self.config.cache_budget_gb is not None:
-            # A bounded store: keep examples sharing their longest span (a protein) in one batch.
-            from domainlm.engine.reuse import longest_span_key
 
-            keys = [longest_span_key(self.tm, x, i) for i, x in enumerate(split.inputs)]
-            return grouped_batches(keys, self.config.batch_size, seed)
-        return length_bucketed_batches(lengths, self.config.batch_size, seed)
-
-    def _forward(self, split: Split, idx: list[int]):
-        if self.reuse:
-            from domainlm.engine.reuse import reused_forward
-
-            labels = [split.labels[i] for i in idx] if split.labels is not None else None
-            return reused_forward(self.tm, self.cache, [split.inputs[i] for i in idx], labels)
-        return self.tm(**self._batch(split, idx), lm_weight=self.config.lm_weight)
-
-    def _batch(self, split: Split, idx: list[int]) -> dict:
-        c = self.config
-        labels = (
-            [split.labels[i] for i in idx] if split.labels is not None and c.stage == "function" else None
+def _count_nonfinite(at: _Position, n: int, log: Callable[[str], None]) -> None:
+    at.streak += n
+    at.skipped += n
+    log(f"step {at.step + 1}: skipped {n} batch(es) with a non-finite loss or gradient")
+    if at.streak >= NONFINITE_LIMIT:
+        raise DomainLMError(
+            f"{at.streak} batches in a row gave a non-finite loss or gradient (at step {at.step + 1}): "
+            "training has diverged. Lower the learning rate, train in float32, or check the inputs"
         )
-        batch = self.tm.encode(
-            [split.inputs[i] for i in idx],
-            labels,
-            isolate=self.isolate,
-            padding_side=c.padding_side,
-            lm_labels=c.stage == "domain" or c.enrich,
-        )
-        return to_device(batch, self.tm.device)
 
-    def _validate(self, val: Split | None, evaluate) -> dict:
-        if val is None or evaluate is None or len(val) == 0:
-            return {}
-        metrics = evaluate(val)
-        key, value = metrics.get("selection_metric"), metrics.get("selection_value")
-        row = {f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
-        if key is not None and (self.best is None or value < self.best["value"]):
-            self.best = {"step": self.step, "metric": key, "value": value, "state": self._snapshot()}
-        self.tm.train()
-        return row
 
-    # -- state ----------------------------------------------------------------------------------------------
-    def _snapshot(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.tm.trainable_parameters().items()}
-
-    def _restore(self, state: dict[str, torch.Tensor]) -> None:
-        named = dict(self.tm.named_parameters())
-        with torch.no_grad():
-            for k, v in state.items():
-                named[k].copy_(v)
-
-    def _checkpoint_dir(self) -> Path:
-        return Path(self.run_dir or ".") / "checkpoint"
-
-    def _save_checkpoint(self, optimizer, scheduler, next_epoch: int, next_batch: int) -> None:
-        if self.run_dir is None:
-            return
-        final = self._checkpoint_dir()
-        tmp = final.with_name("checkpoint.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        torch.save(
-            {
-                "params": self._snapshot(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "step": self.step,
-                "epoch": next_epoch,
-                "next_batch": next_batch,
-                "history": self.history,
-                "best": self.best,
-                "rng": {
-                    "torch": torch.get_rng_state(),
-                    "numpy": np.random.get_state(),
-                    "python": random.getstate(),
-                },
-                "config": self.config.to_dict(),
-            },
-            tmp / "state.pt",
-        )
-        old = final.with_name("checkpoint.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-
-    def _load_checkpoint(self, optimizer, scheduler) -> tuple[int, int]:
-        state = torch.load(self._checkpoint_dir() / "state.pt", weights_only=False)
-        self._restore(state["params"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        self.step, self.history, self.best = state["step"], state["history"], state["best"]
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
-        return state["epoch"], state["next_batch"]
+def _validate(method, validate, select, params, at: _Position, row: dict) -> None:
+    scores = validate()
+    method.train_mode(True)
+    # Plain floats: the history goes into checkpoints, which hold no numpy objects.
+    row.update({f"val_{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))})
+    if select is None:
+        return
+    if select not in scores:
+        raise DomainLMError(f"validation gave no {select!r} to select on; it gave {sorted(scores)}")
+    value = scores[select]
+    if at.best is None or selection_value(select, value) < selection_value(select, at.best["value"]):
+        weights = {k: p.detach().clone() for k, p in params.items()}
+        at.best = {"step": at.step, "value": float(value), "weights": weights}
 
 
 def _describe(row: dict, total_steps: int) -> str:
-    shown = {k: v for k, v in row.items() if k != "step" and isinstance(v, float) and "selection" not in k}
+    shown = {k: v for k, v in row.items() if k != "step" and isinstance(v, float)}
     return f"step {row['step']}/{total_steps} " + " ".join(f"{k}={v:.4g}" for k, v in shown.items())
 
 
-def to_device(batch: dict, device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+def _summarise(names: list[str], shown: int = 4) -> str:
+    return ", ".join(names[:shown]) + (f", ... ({len(names)} tensors)" if len(names) > shown else "")
 
 
 @torch.no_grad()
-def predict(
-    tm: TaggedModel,
-    inputs: list,
-    *,
-    isolate: bool,
-    batch_size: int = 32,
-    padding_side: str = "right",
-    description: str = "predicting",
-    cache=None,
-) -> np.ndarray:
-    """Regression values (label units) or class probabilities, in input order, length-sorted for speed.
-    With a `SpanCache` (isolated, frozen spans) only the function segments run through the model."""
-    was_training = tm.training
-    tm.eval()
-    order = sorted(range(len(inputs)), key=lambda i: len(tm.encoder.encode(inputs[i], i).ids))
-    outs: dict[int, np.ndarray] = {}
-    with progress_bar(total=len(inputs), description=description) as bar:
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
-            if cache is not None:
-                from domainlm.engine.reuse import reused_forward
+def _copy_into(params: dict[str, torch.nn.Parameter], tensors: dict[str, torch.Tensor]) -> None:
+    # In place: the optimizer holds these very parameters.
+    for name, value in tensors.items():
+        params[name].copy_(value)
 
-                pred = reused_forward(tm, cache, [inputs[i] for i in idx]).predictions
-            else:
-                batch = tm.encode([inputs[i] for i in idx], isolate=isolate, padding_side=padding_side)
-                pred = tm(**to_device(batch, tm.device)).predictions
-            if pred is None:
-                raise DomainLMError("these inputs do not end in a function tag with a head")
-            if pred.ndim == 2:
-                pred = pred.softmax(-1)
-            for i, p in zip(idx, pred.float().cpu().numpy()):
-                outs[i] = p
-            bar.update(min(s + batch_size, len(order)))
-    tm.train(was_training)
-    return np.stack([outs[i] for i in range(len(inputs))])
+
+# ---- checkpoints ------------------------------------------------------------------------------------------
+
+
+def _save(path: Path, settings: LoopSettings, params, optimizer, scheduler, at: _Position) -> None:
+    best = at.best and {**at.best, "weights": {k: v.cpu() for k, v in at.best["weights"].items()}}
+    state = {
+        "settings": asdict(settings),
+        "trainable": {k: p.detach().cpu() for k, p in params.items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "position": {k: v for k, v in asdict(at).items() if k not in {"history", "best"}},
+        "history": at.history,
+        "best": best,
+        "rng": _rng_state(),
+    }
+    with io.atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load(path: Path, settings: LoopSettings, params, optimizer, scheduler) -> _Position:
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:  # a truncated or foreign file: say which, rather than a pickle traceback
+        raise DomainLMError(f"cannot read the checkpoint {path}: {str(e).splitlines()[0]}") from None
+    if state["settings"] != asdict(settings):
+        changed = sorted(k for k, v in asdict(settings).items() if state["settings"].get(k) != v)
+        raise DomainLMError(
+            f"the checkpoint {path} was written with other training settings ({', '.join(changed)}); "
+            "resume with the same settings, or start again"
+        )
+    saved = state["trainable"]
+    if {k: tuple(v.shape) for k, v in saved.items()} != {k: tuple(p.shape) for k, p in params.items()}:
+        raise DomainLMError(f"the checkpoint {path} holds other trainable weights than this model's")
+    _copy_into(params, saved)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    device = next(iter(params.values())).device
+    best = state["best"]
+    if best is not None:
+        best["weights"] = {k: v.to(device) for k, v in best["weights"].items()}
+    return _Position(**state["position"], history=state["history"], best=best)
+
+
+def _rng_state() -> dict:
+    """Every random state a step may draw from, as tensors and plain values."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, mt, python_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "gauss": gauss,
+        },
+        "python": {"version": version, "state": list(mt), "gauss": python_gauss},
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))

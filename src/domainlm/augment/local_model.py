@@ -6,8 +6,6 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from domainlm.errors import InputError
-
 
 class PromptTooLong(ValueError):
     """The prompt leaves no room to generate within the model's context length."""
@@ -26,21 +24,19 @@ class LocalChatModel:
     lines ending in "assistant:". One generation runs at a time (the model is not re-entrant)."""
 
     def __init__(self, path: str | Path, device: str | None = None):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from domainlm import backbone
 
-        path = Path(path)
-        if not (path / "config.json").is_file():
-            raise InputError("not a Hugging Face model directory (no config.json)", source=str(path))
-        self.path = path
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path).to(self.device).eval()
+        self.path = Path(path)
+        self.device = backbone.pick_device(device)
+        loaded = backbone.load(backbone.local_directory(self.path), "generation")
+        self.tokenizer = loaded.tokenizer
+        self.model = loaded.model.to(self.device).eval()
         self._lock = threading.Lock()
 
     def context_length(self) -> int | None:
-        config = self.model.config
-        return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        from domainlm.backbone import declared_positions
+
+        return declared_positions(self.model.config)
 
     def render(self, messages: list[dict]) -> tuple[str, bool]:
         """(prompt text, whether it already carries special tokens)."""

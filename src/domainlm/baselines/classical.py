@@ -2,8 +2,8 @@
 
 Methods register by name (`mean`, `nearest_neighbour`, `random_forest`, `gradient_boosting`) and share one
 small API: `fit(X, y, X_val=None, y_val=None)` then `predict(X)`; they have no neural parameters, so
-`trainable_params` is None. `featurize_task` turns a task's splits into feature matrices (per task kind) and
-`run_baseline` fits one method on them and returns a row of metrics.
+`trainable_params` is None. `featurize_task` turns a task's splits into feature matrices (with the featurizer
+its `TaskSpec` names) and `run_baseline` fits one method on them and returns a row of metrics.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ import numpy as np
 
 from domainlm import metrics as metric_functions
 from domainlm.errors import DomainLMError
-from domainlm.features import morgan_fingerprints, one_hot, protein_composition
 from domainlm.registry import Registry
-from domainlm.tasks.base import Example, TaskData
+from domainlm.tasks.base import TaskData, TaskSpec
 
 _METHODS = Registry("classical method")
 register_method = _METHODS.register
@@ -44,6 +43,10 @@ class ClassicalRegressor:
 
     def predict(self, X) -> np.ndarray:
         raise NotImplementedError
+
+    def refit_params(self) -> dict:
+        """What fitting with a validation split selected, as parameters for a refit without one."""
+        return {}
 
 
 @register_method("mean")
@@ -195,6 +198,10 @@ class GradientBoostingMethod(ClassicalRegressor):
     def predict(self, X):
         return self.booster_.predict(X, num_iteration=self.booster_.best_iteration or None)
 
+    def refit_params(self):
+        best = self.booster_.best_iteration  # 0 when no validation split stopped it early
+        return {"n_estimators": best} if best else {}
+
 
 def fit_predict(
     name: str, X_train, y_train, X_eval_list, seed: int = 0, *, val=None, **params
@@ -206,7 +213,7 @@ def fit_predict(
     return [model.predict(X) for X in X_eval_list]
 
 
-# ---- features per task kind ----
+# ---- features of a task ----
 
 
 @dataclass
@@ -217,8 +224,13 @@ class TaskFeatures:
     y: dict[str, np.ndarray]
     blocks: dict[str, slice]  # block name -> its columns
     block_metrics: dict[str, str]  # block name -> nearest-neighbour similarity
-    kind: str
+    kind: str  # the task featurized
     info: dict = field(default_factory=dict)
+
+    def train_and_val(self) -> tuple[np.ndarray, np.ndarray]:
+        """The training and validation rows together, for a refit after model selection."""
+        splits = ("train", "val")
+        return np.concatenate([self.X[s] for s in splits]), np.concatenate([self.y[s] for s in splits])
 
     def method_params(self, name: str) -> dict:
         """Per-method defaults the features imply (the nearest-neighbour similarity per block)."""
@@ -227,76 +239,26 @@ class TaskFeatures:
         return {}
 
 
-# A featurizer maps (examples, categories seen in training) to named blocks of columns, each with the
-# similarity nearest neighbour should use on it.
-Featurizer = Callable[[list[Example], dict], list[tuple[str, str, np.ndarray]]]
-
-
-def _smiles_blocks(examples, _context, radius=2, n_bits=2048):
-    fp = morgan_fingerprints(
-        [e.fields["smiles"] for e in examples], radius=radius, n_bits=n_bits, items=_ids(examples)
-    )
-    return [("morgan", "tanimoto", fp)]
-
-
-def _protein_blocks(examples, _context, ks=(1,)):
-    comp = protein_composition([e.fields["protein"] for e in examples], ks=ks, items=_ids(examples))
-    return [("protein_composition", "cosine", comp)]
-
-
-def _dta_blocks(examples, context):
-    return _smiles_blocks(examples, context) + _protein_blocks(examples, context, ks=(1, 2))
-
-
-def _synergy_blocks(examples, context):
-    # sum and |difference| of the two fingerprints: the same features whichever drug comes first
-    ids = _ids(examples)
-    fp_a = morgan_fingerprints([e.fields["smiles_a"] for e in examples], items=ids).astype(np.int16)
-    fp_b = morgan_fingerprints([e.fields["smiles_b"] for e in examples], items=ids).astype(np.int16)
-    pair = np.concatenate([fp_a + fp_b, np.abs(fp_a - fp_b)], axis=1).astype(np.uint8)
-    cells = one_hot(
-        [e.fields["cell_line"] for e in examples], context["cell_lines"], what="cell line", items=ids
-    )
-    return [("drug_pair", "tanimoto", pair), ("cell_line", "tanimoto", cells)]
-
-
-FEATURIZERS: dict[str, Featurizer] = {
-    "qed": _smiles_blocks,  # Morgan fingerprint of {smiles}
-    "descriptor": _protein_blocks,  # amino-acid composition of {protein}
-    "dta": _dta_blocks,  # Morgan of {smiles} + 1-mer and 2-mer composition of {protein}
-    "synergy": _synergy_blocks,  # order-free Morgan pair of {smiles_a}, {smiles_b} + one-hot {cell_line}
-}
-
-
-# Kinds whose features ignore the order of a pair, so a swapped training copy duplicates its original.
-ORDER_FREE_KINDS = {"synergy"}
-
-
-def _ids(examples: list[Example]) -> list[str]:
-    return [e.id for e in examples]
-
-
 def featurize_task(
-    task_data: TaskData, kind: str, *, drop_constant: bool = True, drop_duplicates: bool | None = None
+    task_data: TaskData, spec: TaskSpec, *, drop_constant: bool = True, drop_duplicates: bool | None = None
 ) -> TaskFeatures:
-    """Feature matrices for every split of `task_data`, built the way `kind` (a key of FEATURIZERS) says.
+    """Feature matrices for every split of `task_data`, built by the task's featurizer (`spec.featurizer`).
 
     Columns constant over the training split carry no signal for any method here; `drop_constant` removes
     them (most of Davis' 2048 fingerprint bits with only 68 drugs). `drop_duplicates` keeps one of each
-    group of identical (features, label) training rows; by default only for kinds with order-free pair
-    features (synergy), where each swapped copy equals its original: every pair would be there twice,
-    doubling the fit time and changing nothing else. Elsewhere identical rows are real repeated
-    measurements (Davis lists mutants with the wild-type sequence) and keep their weight."""
-    if kind not in FEATURIZERS:
-        raise DomainLMError(f"no classical features for task kind {kind!r}; known: {', '.join(FEATURIZERS)}")
+    group of identical (features, label) training rows; by default only for order-free pair features
+    (synergy), where each swapped copy equals its original: every pair would be there twice, doubling the
+    fit time and changing nothing else. Elsewhere identical rows are real repeated measurements (Davis
+    lists mutants with the wild-type sequence) and keep their weight."""
+    featurizer = spec.featurizer
+    if featurizer is None:
+        raise DomainLMError(f"task {spec.name} has no classical features (its TaskSpec names no featurizer)")
     if not task_data.train:
         raise DomainLMError("the training split is empty")
-    context = {
-        "cell_lines": sorted({e.fields["cell_line"] for e in task_data.train if "cell_line" in e.fields})
-    }
     splits = task_data.splits()
     raw = {
-        name: FEATURIZERS[kind](examples, context) if examples else None for name, examples in splits.items()
+        name: featurizer.blocks(examples, task_data.train) if examples else None
+        for name, examples in splits.items()
     }
     X, blocks, block_metrics, start = {name: [] for name in splits}, {}, {}, 0
     for b, (block_name, metric, train_block) in enumerate(raw["train"]):
@@ -316,11 +278,11 @@ def featurize_task(
     }
     n_train = len(labels["train"])
     if drop_duplicates is None:
-        drop_duplicates = kind in ORDER_FREE_KINDS
+        drop_duplicates = featurizer.order_free
     if drop_duplicates:
         matrices["train"], labels["train"] = _unique_rows(matrices["train"], labels["train"])
     info = {"n_features": start, "train_duplicates_dropped": n_train - len(labels["train"])}
-    return TaskFeatures(matrices, labels, blocks, block_metrics, kind, info=info)
+    return TaskFeatures(matrices, labels, blocks, block_metrics, spec.name, info=info)
 
 
 def _unique_rows(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -338,23 +300,40 @@ def run_baseline(
     metric_names: Sequence[str],
     *,
     seed: int = 0,
+    refit: bool = False,
     **params,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """Fit `name` on the training split (validation split for early stopping where the method has it) and
-    score val and test. Returns (row, predictions per split); the row holds `method`, `val_<metric>`,
-    `test_<metric>`, `trainable_params` (None), `seconds` (fit + predict wall time) and `seed`."""
+    score val and test. With `refit` (and a validation split), fit it again on train + val with what the
+    validation split selected (e.g. LightGBM's number of rounds) and score test with that model; val is
+    still scored by the first, which never saw it. Returns (row, predictions per split); the row holds
+    `method`, `val_<metric>`, `test_<metric>`, `trainable_params` (None), `seconds` (fit + predict wall
+    time), `seed`, `refit` (whether test was scored by a refit model) and `n_fit` (the rows it was fit on)."""
     params = {**features.method_params(name), **params}
     started = time.perf_counter()
     model = make_regressor(name, seed=seed, **params)
     val = features.X["val"], features.y["val"]
-    model.fit(features.X["train"], features.y["train"], *(val if len(val[1]) else (None, None)))
+    X_fit, y_fit = features.X["train"], features.y["train"]
+    model.fit(X_fit, y_fit, *(val if len(val[1]) else (None, None)))
     predictions = {
         split: model.predict(features.X[split]) for split in ("val", "test") if len(features.y[split])
     }
+    refit = refit and len(val[1]) > 0
+    if refit:
+        X_fit, y_fit = features.train_and_val()
+        model = make_regressor(name, seed=seed, **{**params, **model.refit_params()}).fit(X_fit, y_fit)
+        if len(features.y["test"]):
+            predictions["test"] = model.predict(features.X["test"])
     seconds = time.perf_counter() - started
     row: dict = {"method": name}
     for split, pred in predictions.items():
         scores = metric_functions.compute(metric_names, features.y[split], pred)
         row.update({f"{split}_{metric}": value for metric, value in scores.items()})
-    row.update(trainable_params=model.trainable_params, seconds=round(seconds, 2), seed=seed)
+    row.update(
+        trainable_params=model.trainable_params,
+        seconds=round(seconds, 2),
+        seed=seed,
+        refit=refit,
+        n_fit=len(y_fit),
+    )
     return row, predictions

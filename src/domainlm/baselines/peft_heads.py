@@ -3,23 +3,23 @@
 * `linear_probe`: frozen features, then scikit-learn ridge (RidgeCV / RidgeClassifierCV) on them;
 * `prompt_tuning`: peft prompt tuning, as many virtual tokens as the tag method uses for the task
   (20 = 2 tags x 10 by default), plus a trainable head;
-* `lora`: peft LoRA (r 8, alpha 16, dropout 0.05, the paper's settings) on every linear layer inside the
-  model's attention blocks, plus a trainable head.
+* `lora`: peft LoRA (r 8, alpha 16, dropout 0.05, the paper's settings) on the attention projections of
+  the model's family (`domainlm.backbone.LORA_TARGETS`), plus a trainable head.
 
 Input text is the task template with its markers dropped (see `plain_text`),
 data of the task's character-level domains (SMILES, proteins) spelled one character a token as the tag
 method reads them, so every method sees the same tokens.
 Features are the same for all three: the mean of the last hidden state over real tokens for encoders,
 the last non-pad token for causal LMs. The head is `engine.heads.Head`, the tag method's own, so label
-standardisation and losses match. Training follows the tag trainer: AdamW, cosine schedule with warm-up,
-gradient clipping, length-bucketed batches, model selection on the validation split.
+standardisation and losses match. Training is the tags' loop (`domainlm.training.fit`, with the tags'
+TrainConfig): AdamW, cosine schedule with warm-up, gradient clipping, length-bucketed batches, the best
+validation state restored.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import re
 import time
 from collections.abc import Callable
@@ -31,11 +31,14 @@ from torch import nn
 
 from domainlm import cache, io
 from domainlm import metrics as metric_functions
+from domainlm.backbone import ensure_pad_token, is_causal_lm, load, lora_layers, lora_targets, max_positions
+from domainlm.batching import pad_ids
 from domainlm.engine.heads import Head, HeadSpec
 from domainlm.engine.template import Template
 from domainlm.errors import DomainLMError
 from domainlm.progress import progress_bar
 from domainlm.tasks.base import Example, TaskData, TaskSpec
+from domainlm.training import TrainableMethod, fit, length_bucketed_batches, seed_everything
 
 log = logging.getLogger("domainlm.baselines")
 
@@ -44,7 +47,6 @@ METHODS = ("linear_probe", "prompt_tuning", "lora")
 # prompt tuning and LoRA move far less per step at that rate within the few epochs a CPU run affords, and
 # the prompt-tuning and LoRA literature trains them at 1e-3 and above.
 DEFAULT_LR = {"prompt_tuning": 1e-3, "lora": 1e-3}
-HIGHER_IS_BETTER = {"pearson", "spearman", "r2", "accuracy", "macro_f1", "ci", "rm2"}
 RIDGE_ALPHAS = tuple(10.0**k for k in range(-3, 5))
 
 
@@ -57,6 +59,7 @@ class PeftSettings:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     max_length: int | None = None  # tokens per text; default: the model's position limit (minus prompts)
+    target_modules: list[str] | None = None  # LoRA: default the family's (domainlm.backbone.LORA_TARGETS)
     cache_dir: str | None = None  # linear-probe features; default domainlm.cache.cache_dir()
 
     def __post_init__(self):
@@ -80,36 +83,20 @@ class Backbone:
 
     @property
     def max_positions(self) -> int | None:
-        from domainlm.engine.model import _max_positions
-
-        return _max_positions(self.model.config)
+        return max_positions(self.model.config)
 
 
 def load_backbone(model, dtype: str = "float32", device: str | None = None) -> Backbone:
-    """`model`: a path, hub id or alias (`minilm`), or an in-process (model, tokenizer) pair."""
-    from domainlm.engine.model import DTYPES, is_causal_lm, resolve_model_path
-
+    """`model`: a name as `domainlm.backbone.resolve` takes it, or an in-process (model, tokenizer) pair."""
     if isinstance(model, tuple):
         net, tokenizer = model
         causal = is_causal_lm(net)
         name = getattr(net.config, "_name_or_path", "") or f"{net.config.model_type} (in-process)"
         body = net.base_model if causal else net
+        ensure_pad_token(tokenizer)
     else:
-        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
-
-        path = resolve_model_path(str(model))
-        try:
-            config = AutoConfig.from_pretrained(path)
-        except OSError as e:
-            raise DomainLMError(f"cannot load model {model!r}: {e.__class__.__name__}") from e
-        causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in config.architectures or [])
-        loader = AutoModelForCausalLM if causal else AutoModel
-        body = loader.from_pretrained(path, dtype=DTYPES.get(dtype, torch.float32))
-        body = body.base_model if causal else body  # hidden states only: the LM head is never used
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        name = str(model)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+        loaded = load(str(model), "features", dtype=dtype)
+        body, tokenizer, causal, name = loaded.model, loaded.tokenizer, loaded.causal, str(model)
     for p in body.parameters():
         p.requires_grad_(False)
     body.eval()
@@ -125,22 +112,6 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, causal: bool) -> torch.Tensor
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     weights = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1)
-
-
-def attention_linear_layers(model: nn.Module) -> list[str]:
-    """Names of the linear layers inside attention blocks (BERT query/key/value/output.dense, Llama
-    q/k/v/o_proj, GPT-2 c_attn/c_proj, ...): found by module type, so every family works alike."""
-    from transformers.pytorch_utils import Conv1D
-
-    names = set()
-    for block_name, block in model.named_modules():
-        if type(block).__name__.endswith("Attention"):
-            for name, module in block.named_modules():
-                if isinstance(module, (nn.Linear, Conv1D)):
-                    names.add(f"{block_name}.{name}" if block_name else name)
-    if not names:
-        raise DomainLMError(f"found no attention projections in {type(model).__name__} to put LoRA on")
-    return sorted(names)
 
 
 class HeadedBackbone(nn.Module):
@@ -196,7 +167,7 @@ def build_model(
             wrapped.prompt_encoder["default"].embedding.weight.copy_(start)
         n_prompt = settings.num_virtual_tokens
     elif method == "lora":
-        targets = attention_linear_layers(body)
+        targets = lora_layers(body, lora_targets(body.config, settings.target_modules))
         config = LoraConfig(
             task_type=TaskType.FEATURE_EXTRACTION,
             r=settings.lora_r,
@@ -216,7 +187,7 @@ def build_model(
 
 
 @dataclass
-class Encoded:
+class EncodedTexts:
     ids: list[list[int]]
     labels: np.ndarray
     example_ids: list[str]
@@ -268,16 +239,6 @@ def _shorten_longest_field(
     return fitted[:budget]  # only shorter when the template alone exceeds the budget
 
 
-def collate(ids: list[list[int]], pad_id: int, device) -> dict[str, torch.Tensor]:
-    width = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, x in enumerate(ids):
-        input_ids[i, : len(x)] = torch.tensor(x)
-        mask[i, : len(x)] = 1
-    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
-
-
 def text_budget(backbone: Backbone, settings: PeftSettings) -> int:
     """Tokens a text may use: the position limit less the prompt (same for all methods, for a fair test)."""
     limit = backbone.max_positions or 4096
@@ -288,7 +249,7 @@ def text_budget(backbone: Backbone, settings: PeftSettings) -> int:
 
 def encode_splits(
     task: TaskSpec, data: TaskData, backbone: Backbone, settings: PeftSettings
-) -> dict[str, Encoded]:
+) -> dict[str, EncodedTexts]:
     budget = text_budget(backbone, settings)
     out, template = {}, Template(task.template)
     for split, examples in data.splits().items():
@@ -296,7 +257,7 @@ def encode_splits(
         if cut:
             log.warning("%s: %d of %d %s texts cut to %d tokens", task.name, cut, len(ids), split, budget)
         labels = np.array([e.label for e in examples], dtype=np.float64)
-        out[split] = Encoded(ids, labels, [e.id for e in examples], cut)
+        out[split] = EncodedTexts(ids, labels, [e.id for e in examples], cut)
     return out
 
 
@@ -325,7 +286,7 @@ def predict(
     with progress_bar(total=len(ids), description=desc) as bar:
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
-            raw = net(**collate([ids[i] for i in idx], pad_id, device))
+            raw = net(**pad_ids([ids[i] for i in idx], pad_id, device=device))
             pred = net.head.predictions(raw)
             out[idx] = (pred.argmax(-1) if pred.ndim == 2 else pred).float().cpu().numpy()
             bar.update(min(s + batch_size, len(order)))
@@ -333,115 +294,33 @@ def predict(
     return out
 
 
-def selection_value(name: str, value: float) -> float:
-    """Lower is better for the returned number, whatever the metric."""
-    if value != value:  # NaN never wins
-        return math.inf
-    return -value if name in HIGHER_IS_BETTER else value
+class HeadTraining(TrainableMethod):
+    """A HeadedBackbone's peft weights and head on encoded training texts, with the head's own loss."""
+
+    def __init__(self, net: HeadedBackbone, train: EncodedTexts, pad_id: int):
+        self.net, self.train, self.pad_id = net, train, pad_id
+        self.n_examples = len(train.ids)
+        self.labels = torch.tensor(train.labels, dtype=torch.float32)
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        return self.net.trainable_parameters()
+
+    def train_mode(self, training: bool) -> None:
+        self.net.train(training)
+
+    def tokens(self, batch: list[int]) -> int:
+        return sum(len(self.train.ids[i]) + self.net.n_prompt for i in batch)
+
+    def batches(self, batch_size: int, seed: int) -> list[list[int]]:
+        return length_bucketed_batches([len(x) for x in self.train.ids], batch_size, seed)
+
+    def loss(self, batch: list[int]) -> torch.Tensor:
+        device = self.net.head.linear.weight.device
+        raw = self.net(**pad_ids([self.train.ids[i] for i in batch], self.pad_id, device=device))
+        return self.net.head.loss(raw, self.labels[batch].to(device))
 
 
-class BestState:
-    """The trainable weights at the best validation score of `primary` seen so far."""
-
-    def __init__(self, net: HeadedBackbone, primary: str):
-        self.net, self.primary = net, primary
-        self.step, self.value, self.state = None, math.inf, None
-
-    def offer(self, step: int, scores: dict) -> None:
-        value = selection_value(self.primary, scores[self.primary])
-        if self.state is None or value < self.value:
-            self.step, self.value = step, value
-            self.state = {k: v.detach().clone() for k, v in self.net.trainable_parameters().items()}
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        named = dict(self.net.named_parameters())
-        for k, v in (self.state or {}).items():
-            named[k].copy_(v)
-
-
-def fit(
-    net: HeadedBackbone,
-    train: Encoded,
-    val: Encoded | None,
-    config,
-    *,
-    pad_id: int,
-    metric_names: tuple[str, ...],
-    primary: str,
-    log_fn: Callable[[str], None] = log.info,
-) -> dict:
-    """Train `net`'s trainable weights; return history, best step and throughput. `config` is the tag
-    method's TrainConfig, so epochs, batch size, accumulation, schedule, clipping and seed are shared."""
-    from transformers import get_scheduler
-
-    from domainlm.training import length_bucketed_batches, seed_everything
-
-    if not train.ids:
-        raise DomainLMError("the training split is empty")
-    params = list(net.trainable_parameters().values())
-    seed_everything(config.seed)
-    device = net.head.linear.weight.device
-    steps_per_epoch = max(1, math.ceil(math.ceil(len(train.ids) / config.batch_size) / config.grad_accum))
-    total_steps = max(1, math.ceil(steps_per_epoch * config.epochs))
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = get_scheduler(
-        config.schedule, optimizer, int(config.warmup_ratio * total_steps), num_training_steps=total_steps
-    )
-    eval_every = max(1, steps_per_epoch // config.evals_per_epoch)
-    labels = torch.tensor(train.labels, dtype=torch.float32)
-    lengths = [len(x) for x in train.ids]
-    best = BestState(net, primary)
-    history, running, step, tokens, started = [], [], 0, 0, time.perf_counter()
-
-    def validate(row: dict) -> None:
-        pred = predict(net, val.ids, pad_id, config.eval_batch_size, "validating")
-        scores = metric_functions.compute(metric_names, val.labels, pred)
-        row.update({f"val_{k}": v for k, v in scores.items()})
-        best.offer(row["step"], scores)
-        log_fn(f"step {row['step']}: loss {row['train_loss']:.4g}, val {primary} {scores[primary]:.4g}")
-
-    net.train()
-    with progress_bar(total=total_steps, description="training") as bar:
-        epoch = 0
-        while step < total_steps:
-            batches = length_bucketed_batches(lengths, config.batch_size, config.seed + epoch)
-            for b, idx in enumerate(batches):
-                batch = collate([train.ids[i] for i in idx], pad_id, device)
-                loss = net.head.loss(net(**batch), labels[idx].to(device))
-                (loss / config.grad_accum).backward()
-                running.append(float(loss.detach()))
-                tokens += int(batch["attention_mask"].sum()) + len(idx) * net.n_prompt
-                last = b == len(batches) - 1
-                if (b + 1) % config.grad_accum and not last:
-                    continue
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                loss_mean, running = float(np.mean(running)), []
-                row = {"step": step, "epoch": epoch + (b + 1) / len(batches), "train_loss": loss_mean}
-                if val is not None and val.ids and (step % eval_every == 0 or step >= total_steps):
-                    validate(row)
-                history.append(row)
-                bar.update(step, loss=row["train_loss"])
-                if step >= total_steps:
-                    break
-            epoch += 1
-    seconds = time.perf_counter() - started
-    best.restore()
-    net.eval()
-    return {
-        "history": history,
-        "best_step": best.step if best.step is not None else step,
-        "steps": step,
-        "train_seconds": seconds,
-        "tokens_per_s": tokens / max(seconds, 1e-9),
-    }
-
-
-def _scores(task: TaskSpec, encoded: dict[str, Encoded], predictions: dict[str, np.ndarray]) -> dict:
+def _scores(task: TaskSpec, encoded: dict[str, EncodedTexts], predictions: dict[str, np.ndarray]) -> dict:
     metrics = {}
     for split, pred in predictions.items():
         if len(pred):
@@ -490,25 +369,33 @@ def train_peft_baseline(
     if method == "linear_probe":
         return _linear_probe(task, backbone, encoded, head_spec, config, settings, started)
 
-    from domainlm.training import seed_everything
-
     seed_everything(config.seed)
     net = build_model(method, backbone, head_spec, settings)
     total = sum(p.numel() for p in net.parameters())
     log_fn(f"{method}: training {net.num_trainable():,} of {total:,} parameters at lr {config.lr:g}")
     pad_id = backbone.tokenizer.pad_token_id
-    info = fit(
-        net,
-        encoded["train"],
-        encoded["val"],
-        config,
-        pad_id=pad_id,
-        metric_names=task.metrics,
-        primary=task.primary_metric,
-        log_fn=log_fn,
+    val = encoded["val"]
+
+    def validate() -> dict:
+        pred = predict(net, val.ids, pad_id, config.eval_batch_size, "validating")
+        return metric_functions.compute(task.metrics, val.labels, pred)
+
+    trained = fit(
+        HeadTraining(net, encoded["train"], pad_id),
+        config.loop(),
+        validate=validate if val.ids else None,
+        select=task.primary_metric,
+        log=log_fn,
     )
     predictions = {
         split: predict(net, encoded[split].ids, pad_id, config.eval_batch_size) for split in ("val", "test")
+    }
+    info = {
+        "history": trained.history,
+        "best_step": trained.best_step if trained.best_step is not None else trained.steps,
+        "steps": trained.steps,
+        "train_seconds": trained.seconds,
+        "tokens_per_s": trained.tokens_per_s,
     }
     return _result(task, encoded, predictions, net.num_trainable(), started, lr=config.lr, **info)
 
@@ -536,7 +423,7 @@ def frozen_features(
     with progress_bar(total=len(ids), description="features") as bar:
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
-            batch = collate([ids[i] for i in idx], backbone.tokenizer.pad_token_id, device)
+            batch = pad_ids([ids[i] for i in idx], backbone.tokenizer.pad_token_id, device=device)
             hidden = backbone.model(**batch).last_hidden_state
             out[idx] = pool(hidden, batch["attention_mask"], backbone.causal).float().cpu().numpy()
             bar.update(min(s + batch_size, len(order)))

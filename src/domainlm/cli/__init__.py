@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import sys
 
 import typer
@@ -59,8 +60,19 @@ def _friendly(fn):
 
 def main() -> None:
     _register()
+    _show_library_messages()
     try:
         app()
     except DomainLMError as e:
         console.print(f"[bold red]error:[/] {e}")
         sys.exit(2)
+
+
+def _show_library_messages() -> None:
+    """The library's own log lines (where a model came from, rows skipped, texts cut) on stderr."""
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("domainlm")
+    if not logger.handlers:
+        logger.addHandler(RichHandler(console=console, show_time=False, show_path=False))
+        logger.setLevel(logging.INFO)

@@ -57,8 +57,22 @@ def bench(
         bool, Opt("--skip-invalid", help="skip invalid inputs, counted, instead of stopping")
     ] = False,
     task_option: Annotated[
-        list[str], Opt(help="preset loader option key=value, e.g. max_chars=none (repeatable)")
+        list[str],
+        Opt(
+            help="preset loader option key=value (repeatable), e.g. max_chars=none; dta: "
+            "dataset=davis|kiba|PATH (a DeepDTA-layout folder), affinity=pkd|none (Kd in nM read as pKd, "
+            "or values used as they are)"
+        ),
     ] = None,
+    refit_train_val: Annotated[
+        bool,
+        Opt(
+            "--refit-train-val",
+            help="classical methods: after selection on the validation split (e.g. LightGBM's number of "
+            "rounds), fit again on train + val for the test row, as DeepDTA's setting 1 trains on all five "
+            "training folds; val metrics stay the selection model's",
+        ),
+    ] = False,
     tags: Annotated[list[str], Opt(help="stage-1 tag library for the tag method (repeatable)")] = None,
     train_domain_tags: Annotated[
         bool,
@@ -109,6 +123,7 @@ def bench(
         grad_accum=grad_accum,
         skip_invalid=skip_invalid,
         task_options=parse_key_values(task_option, "--task-option"),
+        refit_train_val=refit_train_val,
         tags=list(tags or []),
         train_domain_tags=train_domain_tags,
         folds=list(fold) if fold else None,
@@ -126,7 +141,7 @@ def bench(
         settings, out, resume=resume, overwrite=overwrite, log=lambda m: err.print(m, markup=False)
     )
     print_table(rows, task, out)
-    _print_anchors(task)
+    _print_anchors(rows, task)
 
 
 def print_table(rows: list[dict], task: str, out: Path) -> None:
@@ -143,8 +158,14 @@ def print_table(rows: list[dict], task: str, out: Path) -> None:
     Console().print(table)
 
 
-def _print_anchors(task: str) -> None:
-    from domainlm.bench import PUBLISHED_ANCHORS, anchor_text
+def _print_anchors(rows: list[dict], task: str) -> None:
+    """The published anchors of the data set the rows were made on (the task's for rows that predate that)."""
+    from domainlm.bench import anchor_text
+    from domainlm.tasks import get_task
 
-    for name, metrics in PUBLISHED_ANCHORS.get(task, []):
-        Console().print(f"published: {anchor_text(name, metrics)}")
+    first = rows[0] if rows else {}
+    anchors = first.get("published_anchors", get_task(task).published_anchors)
+    if not anchors and first.get("dataset"):
+        Console().print(f"published: none for this data set ({first['dataset']})", markup=False)
+    for name, metrics in anchors:
+        Console().print(f"published: {anchor_text(name, metrics)}", markup=False)

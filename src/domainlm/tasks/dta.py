@@ -2,8 +2,8 @@
 
 Layout (as in DeepDTA's data/<name>/ folders):
 
-* `Y`: pickled numpy matrix, drugs x proteins; NaN means "not measured". It is a pickle: load only files
-  you trust.
+* `Y`: pickled numpy matrix, drugs x proteins; NaN means "not measured". Read with an unpickler that builds
+  numpy arrays and nothing else, so a crafted file cannot run code.
 * `ligands_can.txt`, `proteins.txt`: JSON objects id -> SMILES / sequence; key order is the row / column
   order of Y.
 * `folds/train_fold_setting1.txt` (a list of 5 lists of indices), `folds/test_fold_setting1.txt` (one list).
@@ -12,13 +12,18 @@ Layout (as in DeepDTA's data/<name>/ folders):
 Protocol: the test fold is the test split. Of the train folds, `val_fold` (default 0, the first) is held out
 as the validation split for early stopping and model selection and the others train; `val_fold=None` trains on
 all of them with an empty validation split (DeepDTA's final setting). The test fold never trains or validates.
+
+Data sets: `dataset=davis` or `dataset=kiba` (dta/<name> under the shared data root) or any folder in this
+layout (`dataset=PATH`). Davis and KIBA are recognised by their size as DeepDTA publishes them, which sets
+their affinity scale (Davis: Kd in nM, read as pKd; KIBA: scores, read as they are) and the published results
+shown beside ours; any other folder has no published results here and must say its scale (`affinity=`).
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import pickle
-import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +33,8 @@ import numpy as np
 from domainlm.errors import InputError
 from domainlm.features import check_protein, parse_smiles
 from domainlm.tasks.base import Example, TaskData, TaskSpec, register_task
-from domainlm.tasks.properties import data_root
+from domainlm.tasks.common import limit_examples, resolve_dataset_dir
+from domainlm.tasks.featurizers import Featurizer, protein_blocks, smiles_blocks
 
 DTA_TEMPLATE = (
     "Input: The protein sequence is <Protein> {protein}. The SMILES of the drug is <SMILES> {smiles}. "
@@ -55,48 +61,84 @@ AFFINITY_TRANSFORMS = {
 }
 
 
-def resolve_dataset_dir(data_dir, subdir: str, marker: str) -> Path:
-    """The folder holding `marker`: `data_dir` itself, or `data_dir/subdir` when `data_dir` is the shared data
-    root. `data_dir=None` falls back to the DOMAINLM_DATA environment variable."""
-    root = data_root(data_dir)
-    for candidate in (root, root / subdir):
-        if (candidate / marker).is_file():
-            return candidate
-    raise InputError(f"found neither {root / marker} nor {root / subdir / marker}", source=str(root))
+@dataclass(frozen=True)
+class PublishedDataset:
+    """A data set as DeepDTA publishes it: its size (which recognises it), the affinity scale its published
+    results use, and those results (setting 1: trained on the five train folds, scored on the test fold)."""
+
+    shape: tuple[int, int]  # drugs x proteins
+    n_measured: int
+    affinity: str
+    anchors: tuple[tuple[str, dict[str, float]], ...]
 
 
-def limit_examples(examples: list[Example], limit: int | None, seed: int = 0) -> list[Example]:
-    """At most `limit` examples, drawn at random with a fixed seed and kept in their order (for smoke runs:
-    the first rows of a sorted file would cover only a few drugs)."""
-    if limit is None or len(examples) <= limit:
-        return examples
-    keep = sorted(random.Random(seed).sample(range(len(examples)), limit))
-    return [examples[i] for i in keep]
+# Sizes: DeepDTA (Öztürk et al., Bioinformatics 2018), Table 1. Anchors (test MSE / CI): DeepDTA, Tables 3
+# and 4; GraphDTA (Nguyen et al., Bioinformatics 2021), Tables 2 and 3, its best model per data set (GIN on
+# Davis, GAT_GCN on KIBA). Davis' "best recent" is carried over from this project's README, which names no
+# paper.
+PUBLISHED_DATASETS = {
+    "davis": PublishedDataset(
+        (68, 442),
+        30056,
+        "pkd",
+        (
+            ("DeepDTA (Davis)", {"mse": 0.261, "ci": 0.878}),
+            ("GraphDTA (Davis)", {"mse": 0.229, "ci": 0.893}),
+            ("best recent (Davis)", {"mse": 0.195, "ci": 0.906}),
+        ),
+    ),
+    "kiba": PublishedDataset(
+        (2111, 229),
+        118254,
+        "none",
+        (
+            ("DeepDTA (KIBA)", {"mse": 0.194, "ci": 0.863}),
+            ("GraphDTA (KIBA)", {"mse": 0.139, "ci": 0.891}),
+        ),
+    ),
+}
+DEFAULT_DATASET = "davis"
 
 
 def load_dta(
     data_dir,
     spec: TaskSpec,
     *,
-    dataset: str = "davis",
-    transform: str = "pkd",
+    dataset: str | None = None,
+    affinity: str | None = "auto",
     val_fold: int | None = 0,
     skip_invalid: bool = False,
     limit_train: int | None = None,
     limit_eval: int | None = None,
 ) -> TaskData:
-    """Load a DeepDTA-layout data set; `data_dir` is its folder or the shared root holding dta/<dataset>.
+    """Load a DeepDTA-layout data set: `dataset` is davis, kiba or a folder path (see `dataset_folder`).
 
-    `transform` names an entry of `AFFINITY_TRANSFORMS`. With `skip_invalid`, pairs whose drug SMILES,
-    protein sequence or affinity is invalid are skipped and counted; otherwise the first one is an error.
-    `limit_train` / `limit_eval` keep a fixed random subset of the train / each evaluation split."""
-    folder = resolve_dataset_dir(data_dir, f"dta/{dataset}", Y_FILE)
-    if transform not in AFFINITY_TRANSFORMS:
-        raise InputError(f"unknown affinity transform {transform!r}; known: {', '.join(AFFINITY_TRANSFORMS)}")
+    `affinity` names an entry of `AFFINITY_TRANSFORMS` (None is "none": `--task-option affinity=none` reads
+    as None); "auto" is that of the recognised data set (Davis pkd, KIBA none), and a data set domainlm does
+    not recognise must name one. With `skip_invalid`, pairs whose
+    drug SMILES, protein sequence or affinity is invalid are skipped and counted; otherwise the first one is
+    an error. `limit_train` / `limit_eval` keep a fixed random subset of the train / each evaluation split."""
+    affinity = "none" if affinity is None else affinity
+    if affinity != "auto" and affinity not in AFFINITY_TRANSFORMS:
+        raise InputError(
+            f"unknown affinity transform {affinity!r}; known: auto, {', '.join(AFFINITY_TRANSFORMS)}"
+        )
+    folder = dataset_folder(data_dir, dataset)
     ligands = _read_json_object(folder / LIGANDS_FILE)
     proteins = _read_json_object(folder / PROTEINS_FILE)
     affinities = _read_matrix(folder / Y_FILE, len(ligands), len(proteins))
     rows, cols = np.where(~np.isnan(affinities))  # the measured entries, row-major: what fold indices count
+    name = _recognised(affinities.shape, len(rows), dataset, folder / Y_FILE)
+    published = PUBLISHED_DATASETS.get(name)
+    if affinity == "auto":
+        if published is None:
+            raise InputError(
+                "say how to read this data set's affinities: affinity=pkd (Kd in nM, as Davis) or "
+                f"affinity=none (already on a log or score scale, as KIBA); it is not one of the data sets "
+                f"domainlm recognises ({', '.join(PUBLISHED_DATASETS)})",
+                source=str(folder),
+            )
+        affinity = published.affinity
     train_folds, test_fold = _read_folds(folder, len(rows))
     if val_fold is not None and not 0 <= val_fold < len(train_folds):
         raise InputError(f"val_fold must be None or in 0..{len(train_folds) - 1}, got {val_fold}")
@@ -108,7 +150,7 @@ def load_dta(
     )
     labels = _transformed(
         affinities[rows, cols],
-        AFFINITY_TRANSFORMS[transform],
+        AFFINITY_TRANSFORMS[affinity],
         source=folder / Y_FILE,
         name_of=lambda i: f"drug {drug_ids[rows[i]]}, protein {protein_ids[cols[i]]}",
         skip_invalid=skip_invalid,
@@ -151,7 +193,10 @@ def load_dta(
     lengths = [len(s) for s in proteins.values()]
     data.info = {
         "data_dir": str(folder),
-        "transform": f"{transform}: {AFFINITY_TRANSFORMS[transform].description}",
+        "dataset": name or str(folder),
+        "affinity": f"{affinity}: {AFFINITY_TRANSFORMS[affinity].description}",
+        # Published results are on the published scale only (Davis' are pKd, not raw Kd).
+        "published_anchors": list(published.anchors) if published and affinity == published.affinity else [],
         "val_fold": val_fold,
         "limit_train": limit_train,
         "limit_eval": limit_eval,
@@ -163,6 +208,40 @@ def load_dta(
         "proteins_over_512": sum(n > 512 for n in lengths),
     }
     return data
+
+
+def dataset_folder(data_dir, dataset: str | None) -> Path:
+    """The folder `dataset` names. `davis` / `kiba`: dta/<name> under the shared data root `data_dir`, or
+    `data_dir` itself when it holds Y. Anything else: a folder path holding Y. None: `data_dir` itself when
+    it holds Y, else dta/davis under it."""
+    if dataset is None or dataset in PUBLISHED_DATASETS:
+        return resolve_dataset_dir(data_dir, f"dta/{dataset or DEFAULT_DATASET}", Y_FILE)
+    folder = Path(str(dataset)).expanduser()
+    if not (folder / Y_FILE).is_file():
+        raise InputError(
+            f"dataset={dataset} is neither a data set domainlm knows ({', '.join(PUBLISHED_DATASETS)}) nor a "
+            f"folder holding {Y_FILE} (the DeepDTA layout)",
+            source=str(folder),
+        )
+    return folder
+
+
+def _recognised(shape: tuple[int, int], n_measured: int, asked: str | None, source: Path) -> str | None:
+    """The published data set of this size, if any. One asked for by name must be it: a folder holding
+    another data set would otherwise be labelled, scaled and compared as that one."""
+    name = next(
+        (n for n, p in PUBLISHED_DATASETS.items() if p.shape == shape and p.n_measured == n_measured), None
+    )
+    if asked in PUBLISHED_DATASETS and name != asked:
+        expected = PUBLISHED_DATASETS[asked]
+        raise InputError(
+            f"dataset={asked}, but this Y is {shape[0]} drugs x {shape[1]} proteins with {n_measured} "
+            f"measured pairs, and {asked} as DeepDTA publishes it has {expected.shape[0]} x "
+            f"{expected.shape[1]} with {expected.n_measured}; for another data set pass its folder, "
+            "dataset=PATH, with affinity=",
+            source=str(source),
+        )
+    return name
 
 
 def _read_json_object(path: Path) -> dict[str, str]:
@@ -177,10 +256,29 @@ def _read_json_object(path: Path) -> dict[str, str]:
     return obj
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Rebuilds numbers, lists and numpy arrays only. A pickle names the functions that rebuild it, so an
+    ordinary unpickler would call whatever a crafted file names; this one allows only what arrays need."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("numpy.core.multiarray", "_reconstruct"): np.zeros(1).__reduce_ex__(2)[0],  # protocols 0-4
+        ("numpy.core.numeric", "_frombuffer"): np.zeros(1).__reduce_ex__(5)[0],  # protocol 5
+        ("_codecs", "encode"): codecs.encode,  # bytes in a protocol-2 pickle written by Python 3
+    }
+
+    def find_class(self, module: str, name: str):
+        found = self.ALLOWED.get((module.replace("numpy._core", "numpy.core"), name))
+        if found is None:
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of a numpy array; refused")
+        return found
+
+
 def _read_matrix(path: Path, n_drugs: int, n_proteins: int) -> np.ndarray:
     try:
         with open(path, "rb") as f:
-            matrix = np.asarray(pickle.load(f, encoding="latin1"), dtype=np.float64)
+            matrix = np.asarray(_ArrayUnpickler(f, encoding="latin1").load(), dtype=np.float64)
     except Exception as e:  # a pickle can fail in many ways; all mean "not a numeric matrix"
         raise InputError(
             f"cannot read a pickled numeric matrix ({type(e).__name__}: {e})", source=str(path)
@@ -282,6 +380,11 @@ def prepare_prediction_rows(rows: list[dict], data_dir=None, source: str = "inpu
     return out
 
 
+def classical_blocks(examples: list[Example], train: list[Example]):
+    """Morgan fingerprint of {smiles} beside the 1-mer and 2-mer composition of {protein}."""
+    return smiles_blocks(examples, train) + protein_blocks(examples, train, ks=(1, 2))
+
+
 DTA = register_task(
     TaskSpec(
         name="dta",
@@ -292,7 +395,8 @@ DTA = register_task(
         char_level_tags=("Protein", "SMILES"),
         loader=load_dta,
         prepare_rows=prepare_prediction_rows,
-        description="Drug-target binding affinity (Davis pKd by default; any DeepDTA-layout data set).",
+        description="Drug-target binding affinity (Davis pKd by default; KIBA or any DeepDTA-layout folder).",
         defaults={"epochs": 4, "lr": 1e-4},  # the paper's BA setting
+        featurizer=Featurizer(classical_blocks),  # published anchors: per data set, in TaskData.info
     )
 )

@@ -32,7 +32,7 @@ def get_method(name: str) -> type[Student]:
 
 
 @dataclass
-class Encoded:
+class EncodedItem:
     """One example as token ids (`features`), and whether its context had to be cut."""
 
     features: dict[str, Any]
@@ -68,7 +68,7 @@ class Student:
         """The base model with freshly initialised adapters."""
         raise NotImplementedError
 
-    def encode(self, item, *, train: bool) -> Encoded:
+    def encode(self, item, *, train: bool) -> EncodedItem:
         """Token ids for training (`train=True`, with the target) or for prediction."""
         raise NotImplementedError
 
@@ -89,10 +89,14 @@ class Student:
         """Load weights written by `save` into this student."""
         raise NotImplementedError
 
-    def trainable_parameters(self) -> list:
-        return [p for p in self.model.parameters() if p.requires_grad]
+    def n_tokens(self, features: dict) -> int:
+        """Input positions of one encoded example, for throughput."""
+        return len(features["input_ids"])
+
+    def trainable_parameters(self) -> dict[str, Any]:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
     def parameter_counts(self) -> dict[str, int]:
-        trainable = sum(p.numel() for p in self.trainable_parameters())
+        trainable = sum(p.numel() for p in self.trainable_parameters().values())
         total = sum(p.numel() for p in self.model.parameters())
         return {"trainable": trainable, "total": total}

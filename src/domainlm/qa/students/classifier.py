@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
+from domainlm import backbone
+from domainlm.batching import pad_batch
 from domainlm.qa.data import LABELS
-from domainlm.qa.students import models
-from domainlm.qa.students.base import Encoded, Prediction, Student, register_method
+from domainlm.qa.students.base import EncodedItem, Prediction, Student, register_method
 from domainlm.qa.students.generative import load_adapter
 from domainlm.qa.students.prompts import fit_prompt
 
@@ -48,43 +49,37 @@ class SeqClsLoraStudent(ClassifierStudent):
     @classmethod
     def build(cls, config) -> SeqClsLoraStudent:
         from peft import LoraConfig, TaskType, get_peft_model
-        from transformers import AutoModelForSequenceClassification
 
-        path = models.resolve_model(config.model)
-        base_config = models.load_config(path)
-        models.check_length(base_config, config.max_length, config.model)
-        tokenizer = models.load_tokenizer(path)
-        device = models.pick_device(config.device)
+        device = backbone.pick_device(config.device)
         torch.manual_seed(config.seed)  # head and adapter initialisation
-        base = models.load_model(
-            path,
-            AutoModelForSequenceClassification,
+        loaded = backbone.load(
+            config.model,
+            "classification",
+            max_length=config.max_length,
             num_labels=len(LABELS),
             id2label=dict(enumerate(LABELS)),
             label2id=LABEL_INDEX,
         )
-        if base.config.pad_token_id is None:
-            base.config.pad_token_id = tokenizer.pad_token_id  # decoders pick the last non-pad token
         # SEQ_CLS makes peft keep the new classification head fully trainable (and saved with the adapter).
         lora = LoraConfig(
             task_type=TaskType.SEQ_CLS,
             r=config.lora_rank,
             lora_alpha=config.lora_alpha,
             lora_dropout=config.lora_dropout,
-            target_modules=models.lora_targets(base_config, config.target_modules),
+            target_modules=backbone.lora_targets(loaded.config, config.target_modules),
         )
-        return cls(config, get_peft_model(base, lora).to(device), tokenizer, device)
+        return cls(config, get_peft_model(loaded.model, lora).to(device), loaded.tokenizer, device)
 
-    def encode(self, item, *, train: bool) -> Encoded:
+    def encode(self, item, *, train: bool) -> EncodedItem:
         text, truncated = self._text(item)
         features = dict(self.tokenizer(text, truncation=True, max_length=self.config.max_length))
         features.pop("offset_mapping", None)
         if train:
             features["labels"] = LABEL_INDEX[item.label]
-        return Encoded(features, truncated)
+        return EncodedItem(features, truncated)
 
     def collate(self, features: list[dict]) -> dict:
-        return models.pad_batch(features, self.tokenizer.pad_token_id)
+        return pad_batch(features, self.tokenizer.pad_token_id)
 
     def loss(self, batch: dict):
         return self.model(**{k: v.to(self.device) for k, v in batch.items()}).loss
@@ -116,10 +111,10 @@ class TagStudent(ClassifierStudent):
     def build(cls, config) -> TagStudent:
         from domainlm.engine.model import TaggedModel
 
-        path = models.resolve_model(config.model)
+        path = backbone.resolve(config.model)
         # The same clear errors as the other methods for a missing model or an over-long --max-length.
-        models.check_length(models.load_config(path), config.max_length, config.model)
-        device = models.pick_device(config.device)
+        backbone.check_length(backbone.load_config(path, config.model), config.max_length, config.model)
+        device = backbone.pick_device(config.device)
         torch.manual_seed(config.seed)  # head initialisation
         tagged = TaggedModel.from_pretrained(path)
         tagged.add_tag(
@@ -127,12 +122,15 @@ class TagStudent(ClassifierStudent):
         )
         return cls(config, tagged.to(device), tagged.tokenizer, device)
 
-    def encode(self, item, *, train: bool) -> Encoded:
+    def encode(self, item, *, train: bool) -> EncodedItem:
         text, truncated = self._text(item)
         features = {"text": f"{text} <{self.TAG}>"}
         if train:
             features["labels"] = LABEL_INDEX[item.label]
-        return Encoded(features, truncated)
+        return EncodedItem(features, truncated)
+
+    def n_tokens(self, features: dict) -> int:
+        return len(self.model.encoder.encode(features["text"]).ids)
 
     def collate(self, features: list[dict]) -> dict:
         labels = [f["labels"] for f in features] if "labels" in features[0] else None

@@ -30,6 +30,7 @@ class StudentConfig:
     grad_accum: int = _opt(32, "forward passes per optimizer step (the paper accumulates 32)")
     warmup_ratio: float = _opt(0.03, "fraction of optimizer steps spent warming the learning rate up")
     weight_decay: float = _opt(0.0, "AdamW weight decay")
+    max_grad_norm: float = _opt(1.0, "gradient norm each optimizer step is clipped to")
     lora_rank: int = _opt(4, "LoRA rank r")
     lora_alpha: float = _opt(16, "LoRA scaling alpha (the paper sweeps 16..512)")
     lora_dropout: float = _opt(0.05, "dropout on the LoRA input")
@@ -67,8 +68,9 @@ class StudentConfig:
             "eval_batch_size",
         )
         bad = [f"{name}={getattr(self, name)}" for name in positive if getattr(self, name) < 1]
-        if self.lr <= 0:
-            bad.append(f"lr={self.lr}")
+        for name in ("lr", "max_grad_norm"):
+            if getattr(self, name) <= 0:
+                bad.append(f"{name}={getattr(self, name)}")
         if not 0 <= self.warmup_ratio < 1:
             bad.append(f"warmup_ratio={self.warmup_ratio}")
         if self.limit is not None and self.limit < 1:
@@ -82,6 +84,24 @@ class StudentConfig:
                 f"max_answer_tokens ({self.max_answer_tokens}) must be below max_length "
                 f"({self.max_length}): the prompt needs room"
             )
+
+    def loop(self):
+        """Settings of `domainlm.training.fit`: linear warm-up and decay, the dev loss once an epoch."""
+        from domainlm.training import LoopSettings
+
+        return LoopSettings(
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            grad_accum=self.grad_accum,
+            weight_decay=self.weight_decay,
+            warmup_ratio=self.warmup_ratio,
+            schedule="linear",
+            max_grad_norm=self.max_grad_norm,
+            seed=self.seed,
+            evals_per_epoch=1,
+            checkpoint_every=self.save_every,
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)

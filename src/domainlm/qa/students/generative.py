@@ -9,10 +9,11 @@ from pathlib import Path
 
 import torch
 
+from domainlm import backbone
+from domainlm.batching import pad_batch
 from domainlm.errors import InputError
-from domainlm.qa.students import models
 from domainlm.qa.students.answers import answer_sentence, parse_answer
-from domainlm.qa.students.base import Encoded, Prediction, Student, register_method
+from domainlm.qa.students.base import EncodedItem, Prediction, Student, register_method
 from domainlm.qa.students.config import Decoding
 from domainlm.qa.students.prompts import fit_prompt
 
@@ -26,24 +27,13 @@ class GenerativeStudent(Student):
     @classmethod
     def build(cls, config) -> GenerativeStudent:
         from peft import get_peft_model
-        from transformers import AutoModelForCausalLM
 
-        path = models.resolve_model(config.model)
-        base_config = models.load_config(path)
-        models.check_length(base_config, config.max_length, config.model)
-        if models.is_encoder_only(base_config):
-            raise InputError(
-                f"{config.model} is an encoder ({base_config.model_type}) and cannot write answers; use "
-                "--method seqcls-lora or --method tag for it",
-                source=config.model,
-            )
-        tokenizer = models.load_tokenizer(path)
-        device = models.pick_device(config.device)
+        device = backbone.pick_device(config.device)
         torch.manual_seed(config.seed)  # adapter initialisation
-        base = models.load_model(path, AutoModelForCausalLM)
-        student = cls(config, None, tokenizer, device)
+        loaded = backbone.load(config.model, "generation", max_length=config.max_length)
+        student = cls(config, None, loaded.tokenizer, device)
         # get_peft_model freezes every base weight; only the adapter's parameters train.
-        student.model = get_peft_model(base, student.peft_config(base_config)).to(device)
+        student.model = get_peft_model(loaded.model, student.peft_config(loaded.config)).to(device)
         return student
 
     def _prompt_ids(self, item) -> tuple[list[int], bool]:
@@ -63,15 +53,15 @@ class GenerativeStudent(Student):
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def encode(self, item, *, train: bool) -> Encoded:
+    def encode(self, item, *, train: bool) -> EncodedItem:
         prompt, truncated = self._prompt_ids(item)
         if not train:
-            return Encoded({"input_ids": prompt}, truncated)
+            return EncodedItem({"input_ids": prompt}, truncated)
         target = self._target_ids(item)
-        return Encoded({"input_ids": prompt + target, "labels": [-100] * len(prompt) + target}, truncated)
+        return EncodedItem({"input_ids": prompt + target, "labels": [-100] * len(prompt) + target}, truncated)
 
     def collate(self, features: list[dict], side: str = "right") -> dict:
-        return models.pad_batch(features, self.tokenizer.pad_token_id, side=side)
+        return pad_batch(features, self.tokenizer.pad_token_id, side=side)
 
     def loss(self, batch: dict):
         batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -144,7 +134,7 @@ class LoraStudent(GenerativeStudent):
             r=self.config.lora_rank,
             lora_alpha=self.config.lora_alpha,
             lora_dropout=self.config.lora_dropout,
-            target_modules=models.lora_targets(base_config, self.config.target_modules),
+            target_modules=backbone.lora_targets(base_config, self.config.target_modules),
         )
 
 

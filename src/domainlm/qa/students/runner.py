@@ -4,19 +4,18 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections import Counter
 from pathlib import Path
 
 import yaml
 
 from domainlm import io, plots
+from domainlm.backbone import resolve
 from domainlm.errors import DomainLMError, InputError
 from domainlm.qa.data import QASplits, load_pubmedqa, load_qa_dir, pubmedqa_files
 from domainlm.qa.students.base import get_method
 from domainlm.qa.students.config import Decoding, StudentConfig
 from domainlm.qa.students.evaluation import majority_baseline, score, write_report
-from domainlm.qa.students.models import resolve_model
 
 EVAL_SPLITS = ("dev", "test")
 
@@ -76,12 +75,13 @@ def finetune(
     resume: bool = False,
     overwrite: bool = False,
     decoding: Decoding | None = None,
-    stop_after_steps: int | None = None,
 ) -> dict:
     """Train a student and evaluate it on dev and test; returns the metrics report. With `resume` the run's
-    saved config is used and training continues from its last checkpoint."""
-    from domainlm.qa.students.training import Checkpoints, train
+    saved config is used and training continues from its last checkpoint. The weights kept are those at
+    the lowest dev loss (`training.best_step`)."""
+    from domainlm.qa.students.trainable import train_student
     from domainlm.runs import RunDirectory
+    from domainlm.training import CHECKPOINT
 
     out = Path(out)
     if resume and (out / "config.yaml").is_file():
@@ -103,7 +103,7 @@ def finetune(
             {
                 **config.to_dict(),
                 "resolved": {
-                    "model_path": resolve_model(config.model),
+                    "model_path": resolve(config.model),
                     "kind": student.kind,
                     "parameters": counts,
                     "data": describe_data(config, data),
@@ -117,31 +117,34 @@ def finetune(
             f"{config.method} on {config.model}: {counts['trainable']:,} trainable of {counts['total']:,} "
             f"parameters; contexts cut to fit: {truncated}"
         )
-        state = train(
+        trained = train_student(
             student,
             [e.features for e in encoded["train"]],
             [e.features for e in encoded["dev"]],
             config,
-            run,
+            checkpoint=run.path / CHECKPOINT,
             resume=resume,
-            stop_after_steps=stop_after_steps,
+            log=run.log,
         )
         student.save(run.path)
-        io.write_json(run.path / "history.json", state.history)
+        io.write_json(run.path / "history.json", trained.history)
         plots.training_curve(
-            state.history, run.path / "training_curve.png", title=f"{config.method} {config.model}"
+            trained.history, run.path / "training_curve.png", title=f"{config.method} {config.model}"
         )
         report, predictions = evaluate(student, data, decoding)
         report["training"] = {
-            "steps": state.step,
-            "epochs": state.epoch,
+            "steps": trained.steps,
+            "epochs": trained.epochs,
             "parameters": counts,
-            "final_train_loss": state.history[-1]["train_loss"],
-            "final_dev_loss": state.history[-1].get("val_loss"),
+            "final_train_loss": trained.history[-1]["train_loss"],
+            "final_dev_loss": trained.history[-1].get("val_loss"),
+            "best_step": trained.best_step,
+            "best_dev_loss": trained.best_value,
+            "skipped_batches": trained.skipped_batches,
             "truncated_contexts": truncated,
         }
         write_report(run.path, report, predictions, _title(config))  # metrics.json, metrics.md, plots
-        shutil.rmtree(Checkpoints(run.path).root, ignore_errors=True)
+        (run.path / CHECKPOINT).unlink(missing_ok=True)  # the run is complete: nothing to resume
         run.log(_summary(report))
         run.complete()
     return report

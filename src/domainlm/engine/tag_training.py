@@ -1,0 +1,133 @@
+"""What the tag method trains and what its loss is, for `domainlm.training.fit`. The stage decides:
+
+* domain   (stage 1): domain tags, next-token loss on "<Domain> text" (causal LMs only);
+* function (stages 2 and 3): function tags and heads, task loss; domain tags frozen unless
+  `train_domain_tags` (joint, for encoders) or `enrich` (also the LM loss, the paper's ablation).
+
+Isolated attention and span key/value reuse are decided here too (`configure`), once per run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from domainlm.backbone import DTYPES
+from domainlm.engine.inference import to_device
+from domainlm.engine.model import TaggedModel
+from domainlm.errors import DomainLMError
+from domainlm.training import TrainableMethod, TrainConfig, grouped_batches, length_bucketed_batches
+
+
+@dataclass
+class Split:
+    """Inputs (strings or rendered parts) and labels (None for the LM stage)."""
+
+    inputs: list
+    labels: list | None = None
+    ids: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+@dataclass(frozen=True)
+class TagSetup:
+    """How a run reads its inputs: isolated domain spans, and whether their keys/values are reused."""
+
+    isolate: bool
+    reuse: bool
+
+
+def configure(
+    tm: TaggedModel, config: TrainConfig, function_tag: str | None, domain_tags: list[str]
+) -> TagSetup:
+    """Make exactly the stage's tags (and heads) trainable; decide isolation and reuse."""
+    c = config
+    tm.set_length_policy(c.overflow, c.max_span_tokens)
+    for p in tm.parameters():
+        p.requires_grad_(False)
+    if c.stage == "domain":
+        if not tm.causal:
+            raise DomainLMError(
+                f"stage 1 trains domain tags with the next-token loss; {type(tm.base).__name__} has no LM"
+                " head. On an encoder, train domain tags jointly: --stage function --train-domain-tags"
+            )
+        tm.set_trainable(names=domain_tags)
+        return TagSetup(isolate=False, reuse=False)
+    if function_tag is None:
+        raise DomainLMError("a function stage needs a function tag (the template's last marker)")
+    if c.enrich and not tm.causal:
+        raise DomainLMError("--enrich adds the next-token loss and needs a causal LM")
+    tm.set_trainable(names=[function_tag] + (domain_tags if (c.train_domain_tags or c.enrich) else []))
+    head = tm.specs[function_tag].head
+    default_isolate = head is not None and head.type == "regression" and tm.attention_hook
+    isolate = default_isolate if c.isolate is None else c.isolate
+    frozen_spans = isolate and not (c.train_domain_tags or c.enrich)
+    if c.reuse and not frozen_spans:
+        raise DomainLMError(
+            "span reuse needs isolated attention and frozen domain tags (no --train-domain-tags/--enrich)"
+        )
+    return TagSetup(isolate=bool(isolate), reuse=bool(frozen_spans if c.reuse is None else c.reuse))
+
+
+class TagMethod(TrainableMethod):
+    """A TaggedModel's trainable tags and heads on a rendered training split."""
+
+    def __init__(
+        self,
+        tm: TaggedModel,
+        config: TrainConfig,
+        train: Split,
+        *,
+        function_tag: str | None,
+        domain_tags: list[str],
+    ):
+        self.tm, self.config, self.split = tm, config, train
+        setup = configure(tm, config, function_tag, domain_tags)
+        self.isolate, self.reuse = setup.isolate, setup.reuse
+        self.cache = None
+        if self.reuse:
+            from domainlm.engine.reuse import SpanCache
+
+            budget = None if config.cache_budget_gb is None else int(config.cache_budget_gb * 2**30)
+            dtype = DTYPES[config.cache_dtype] if config.cache_dtype else None
+            self.cache = SpanCache(tm, budget_bytes=budget, dtype=dtype)
+        self.n_examples = len(train)
+        self.lengths = [len(tm.encoder.encode(x, i).ids) for i, x in enumerate(train.inputs)]
+
+    def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
+        return self.tm.trainable_parameters()
+
+    def train_mode(self, training: bool) -> None:
+        self.tm.train(training)
+
+    def tokens(self, batch: list[int]) -> int:
+        return sum(self.lengths[i] for i in batch)
+
+    def batches(self, batch_size: int, seed: int) -> list[list[int]]:
+        if self.reuse and self.config.cache_budget_gb is not None:
+            # A bounded store: keep examples sharing their longest span (a protein) in one batch.
+            from domainlm.engine.reuse import longest_span_key
+
+            keys = [longest_span_key(self.tm, x, i) for i, x in enumerate(self.split.inputs)]
+            return grouped_batches(keys, batch_size, seed)
+        return length_bucketed_batches(self.lengths, batch_size, seed)
+
+    def loss(self, batch: list[int]) -> torch.Tensor:
+        c, split = self.config, self.split
+        inputs = [split.inputs[i] for i in batch]
+        labels = [split.labels[i] for i in batch] if split.labels is not None else None
+        if self.reuse:
+            from domainlm.engine.reuse import reused_forward
+
+            return reused_forward(self.tm, self.cache, inputs, labels).loss
+        encoded = self.tm.encode(
+            inputs,
+            labels if c.stage == "function" else None,
+            isolate=self.isolate,
+            padding_side=c.padding_side,
+            lm_labels=c.stage == "domain" or c.enrich,
+        )
+        return self.tm(**to_device(encoded, self.tm.device), lm_weight=c.lm_weight).loss

@@ -1,0 +1,43 @@
+"""Data helpers every preset shares: where the data sets live and how smoke runs take a subset."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+from domainlm.errors import InputError
+from domainlm.tasks.base import Example
+
+DATA_ENV = "DOMAINLM_DATA"
+
+
+def data_root(data_dir: str | os.PathLike | None) -> Path:
+    """The shared data directory: `data_dir`, or $DOMAINLM_DATA when it is None."""
+    if data_dir is None:
+        data_dir = os.environ.get(DATA_ENV)
+        if not data_dir:
+            raise InputError(f"no data directory given; pass --data DIR or set {DATA_ENV}")
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise InputError("data directory not found", source=str(root))
+    return root
+
+
+def resolve_dataset_dir(data_dir, subdir: str, marker: str) -> Path:
+    """The folder holding `marker`: `data_dir` itself, or `data_dir/subdir` when `data_dir` is the shared data
+    root. `data_dir=None` falls back to the DOMAINLM_DATA environment variable."""
+    root = data_root(data_dir)
+    for candidate in (root, root / subdir):
+        if (candidate / marker).is_file():
+            return candidate
+    raise InputError(f"found neither {root / marker} nor {root / subdir / marker}", source=str(root))
+
+
+def limit_examples(examples: list[Example], limit: int | None, seed: int = 0) -> list[Example]:
+    """At most `limit` examples, drawn at random with a fixed seed and kept in their order (for smoke runs:
+    the first rows of a sorted file would cover only a few drugs)."""
+    if limit is None or len(examples) <= limit:
+        return examples
+    keep = sorted(random.Random(seed).sample(range(len(examples)), limit))
+    return [examples[i] for i in keep]
