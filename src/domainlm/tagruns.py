@@ -33,9 +33,11 @@ def prepare_tags(
     train: list[Example],
     config: TrainConfig,
     *,
+    classes: list[str] | None = None,
     create_missing: bool = True,
 ) -> None:
-    """Create the template's tags that no loaded library holds (domain tags, then the function tag + head)."""
+    """Create the template's tags that no loaded library holds (domain tags, then the function tag + head).
+    `classes`: a classification head's class names, in index order, so predictions can name them."""
     for name in template.domain_tags:
         if name not in tm.specs:
             if not create_missing:
@@ -65,6 +67,7 @@ def prepare_tags(
         length=config.tag_length,
         head=spec.head,
         n_classes=spec.n_classes,
+        classes=classes,
         label_mean=float(labels.mean()) if labels is not None else 0.0,
         label_std=float(labels.std()) if labels is not None and labels.std() > 0 else 1.0,
     )
@@ -139,7 +142,7 @@ def train_tagged_task(
         if tags:
             tm.load_tags(*tags, on_conflict=on_conflict)
         template = Template(spec.template)
-        prepare_tags(tm, template, spec, data.train, config)
+        prepare_tags(tm, template, spec, data.train, config, classes=data.info.get("classes"))
         splits = {name: render_split(template, exs, spec.name) for name, exs in data.splits().items()}
         method = TagMethod(
             tm, config, splits["train"], function_tag=template.function_tag, domain_tags=template.domain_tags

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from domainlm import backbone
 from domainlm.corpus import CorpusSource
 from domainlm.runs import CONFIG_FILE, RunConfig
 from domainlm.tagruns import train_domain_tag, train_tagged_task
@@ -18,6 +19,7 @@ def train_run(
     saved its configuration continues with that one, whatever `config` says."""
     if resume and (Path(out_dir) / CONFIG_FILE).is_file():
         config = RunConfig.load(out_dir)
+    backbone.resolve(config.model)  # a bad model name fails before minutes of data loading
     if config.stage == "domain":
         corpus = config.corpus or CorpusSource()
         return train_domain_tag(
