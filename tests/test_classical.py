@@ -183,7 +183,9 @@ def test_refit_fits_again_on_train_and_val_with_what_validation_selected():
     assert row["val_mse"] == pytest.approx(mse(y_test[:100], np.full(100, train_only)))
 
     val = features.X["val"], features.y["val"]
-    booster = make_regressor("gradient_boosting", learning_rate=0.3).fit(X_train, y_train, *val)
+    booster = make_regressor("gradient_boosting", n_estimators=1000, learning_rate=0.3).fit(
+        X_train, y_train, *val
+    )
     assert 0 < booster.booster_.best_iteration < 1000  # stopped early: the rounds validation selected
     assert booster.refit_params() == {"n_estimators": booster.booster_.best_iteration}
     assert make_regressor("gradient_boosting", n_estimators=5).fit(X_train, y_train).refit_params() == {}

@@ -22,12 +22,9 @@ def _minilm_path() -> str:
 
 MODEL_ALIASES = {"minilm": _minilm_path}
 DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
+    **dict.fromkeys(("float32", "fp32"), torch.float32),
+    **dict.fromkeys(("bfloat16", "bf16"), torch.bfloat16),
+    **dict.fromkeys(("float16", "fp16"), torch.float16),
 }
 # What a model is loaded for: the tag engine (a causal LM with its LM head, or an encoder), frozen features
 # (hidden states only), writing text (causal LMs only), or sequence classification with a new head.

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-# Label sequences pad with -100, which the loss ignores; masks and segment ids with 0.
-FILL = {"labels": -100, "attention_mask": 0, "token_type_ids": 0}
+# Label sequences pad with -100, which the loss ignores; the tag engine's tag slots and segments with -1
+# (none); anything else (masks, token types, positions) with 0.
+FILL = {"labels": -100, "lm_labels": -100, "tag_index": -1, "segment_ids": -1}
 
 
 def pad_batch(
@@ -13,6 +14,8 @@ def pad_batch(
 ) -> dict[str, torch.Tensor]:
     """Stack examples: list values padded to the longest `input_ids` (ids with `pad_id`) on `side`, scalar
     values (class labels) as they are; an attention mask is added when the examples have none."""
+    if "attention_mask" not in features[0]:
+        features = [{**f, "attention_mask": [1] * len(f["input_ids"])} for f in features]
     longest = max(len(f["input_ids"]) for f in features)
     fill = {**FILL, "input_ids": pad_id}
     batch = {}
@@ -23,15 +26,9 @@ def pad_batch(
             continue
         rows = []
         for v in values:
-            pad = [fill[key]] * (longest - len(v))
+            pad = [fill.get(key, 0)] * (longest - len(v))
             rows.append(pad + v if side == "left" else v + pad)
         batch[key] = torch.tensor(rows, device=device)
-    if "attention_mask" not in batch:
-        lengths = [len(f["input_ids"]) for f in features]
-        mask = [[1] * n + [0] * (longest - n) for n in lengths]
-        batch["attention_mask"] = torch.tensor(
-            [m[::-1] for m in mask] if side == "left" else mask, device=device
-        )
     return batch
 
 

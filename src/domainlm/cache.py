@@ -7,7 +7,6 @@ written atomically (domainlm.io), so a killed run never leaves a corrupt one.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -38,11 +37,3 @@ def texts_sha256(texts: Iterable[str]) -> str:
         digest.update(len(raw).to_bytes(8, "little"))
         digest.update(raw)
     return digest.hexdigest()
-
-
-def read_json(path: Path):
-    """The cached JSON at `path`, or None when absent or unreadable (an unreadable entry is recomputed)."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None

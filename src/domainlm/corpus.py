@@ -45,10 +45,9 @@ def read_corpus(path: str | Path, text_column: str | None = None) -> list[str]:
             obj = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise InputError(f"not valid JSON: {e.msg}", source=str(path), item=f"line {e.lineno}") from None
-        items = list(obj.values()) if isinstance(obj, dict) else obj
-        if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+        texts = list(obj.values()) if isinstance(obj, dict) else obj
+        if not isinstance(texts, list) or not all(isinstance(x, str) for x in texts):
             raise InputError("expected a JSON object id -> text or a list of strings", source=str(path))
-        texts = items
     elif suffix in {".csv", ".tsv", ".jsonl"}:
         if not text_column:
             raise InputError("pass --text-column to say which column holds the text", source=str(path))

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from domainlm.errors import InputError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -45,8 +47,6 @@ def write_jsonl(path: str | os.PathLike, rows) -> None:
 def read_jsonl_objects(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line; a line that is not a JSON object is an error
     naming the file and line."""
-    from domainlm.errors import InputError
-
     with open(path, encoding="utf-8-sig") as f:
         for number, raw in enumerate(f, start=1):
             if not raw.strip():

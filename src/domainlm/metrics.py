@@ -27,17 +27,19 @@ def mae(y_true, y_pred) -> float:
 
 
 def pearson(y_true, y_pred) -> float:
-    t, p = _arrays(y_true, y_pred)
-    if t.size < 2 or np.ptp(t) == 0 or np.ptp(p) == 0:
-        return float("nan")
-    return float(stats.pearsonr(t, p)[0])
+    return _correlation(stats.pearsonr, y_true, y_pred)
 
 
 def spearman(y_true, y_pred) -> float:
+    return _correlation(stats.spearmanr, y_true, y_pred)
+
+
+def _correlation(statistic, y_true, y_pred) -> float:
+    """NaN where a correlation is undefined: fewer than two pairs, or either side constant."""
     t, p = _arrays(y_true, y_pred)
     if t.size < 2 or np.ptp(t) == 0 or np.ptp(p) == 0:
         return float("nan")
-    return float(stats.spearmanr(t, p)[0])
+    return float(statistic(t, p)[0])
 
 
 def r2(y_true, y_pred) -> float:

@@ -27,6 +27,15 @@ class _Bar:
             self._progress.update(self._task, completed=completed, info=info)
 
 
+def batches_by_length(lengths: list[int], batch_size: int, description: str):
+    """Batches of indices in order of length (little padding), counted on a progress bar as they finish."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    with progress_bar(total=len(order), description=description) as bar:
+        for s in range(0, len(order), batch_size):
+            yield order[s : s + batch_size]
+            bar.update(min(s + batch_size, len(order)))
+
+
 @contextlib.contextmanager
 def progress_bar(total: int, description: str, completed: int = 0):
     if not sys.stderr.isatty():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,27 @@ class RunConfig:
     @property
     def stage(self) -> str:
         return self.train.stage
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> RunConfig:
+        """The run `domainlm train`'s given options describe (`prefer` parsed); an option not given takes the
+        default of the configuration field it sets, so each default is stated once, there."""
+
+        def given(kind, **option_of: str) -> dict[str, Any]:
+            """`kind`'s fields that were given, each under its own name or the option named in `option_of`."""
+            names = {f.name: option_of.get(f.name, f.name) for f in dataclasses.fields(kind)}
+            return {name: options[option] for name, option in names.items() if option in options}
+
+        train = TrainConfig(**given(TrainConfig))
+        char_level = tuple(options.get("char_level", ()))
+        task = corpus = None
+        if train.stage == "domain":
+            fields = given(CorpusSource, path="corpus", limit="limit_train")
+            corpus = CorpusSource(**{**fields, "char_level": options.get("tag") in char_level})
+        else:
+            task = TaskSource(**{**given(TaskSource, preset="task"), "char_level": char_level})
+        tags, prefer = options.get("tags", []), options.get("prefer", "error")
+        return cls(options.get("model", "minilm"), train, task, corpus, tags=tags, prefer=prefer)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML data (tuples as lists), equal to what config.yaml reads back."""
@@ -108,8 +130,6 @@ class RunDirectory:
                 "or --overwrite to start again"
             )
         if overwrite and status is not None:
-            import shutil
-
             shutil.rmtree(self.path)  # only ever a former run directory (it has a status file)
         self.path.mkdir(parents=True, exist_ok=True)
         self.started = time.time()

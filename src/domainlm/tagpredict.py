@@ -13,7 +13,6 @@ from domainlm.engine.template import Template
 from domainlm.errors import DomainLMError, InputError
 from domainlm.runs import finished_run_config
 from domainlm.tasks import get_task
-from domainlm.tasks.resolve import TaskSource
 from domainlm.tasks.table import read_records
 
 
@@ -46,9 +45,10 @@ def predict_file(
     columns, records = read_records(Path(input))
     if not records:
         raise InputError("the file holds no data rows", source=str(input))
-    prepare = _row_preparer(source)
+    # A preset's predict-time hook (e.g. synergy: SMILES from drug names, known cell lines), if any.
+    prepare = get_task(source.preset).prepare_rows if source is not None and source.preset else None
     if prepare is not None:
-        rows = prepare([r.values for r in records], str(input), [r.line for r in records])
+        rows = prepare([r.values for r in records], source.data_dir, str(input), [r.line for r in records])
         for rec, values in zip(records, rows):
             rec.values = values
         columns = list(dict.fromkeys([*columns, *records[0].values]))
@@ -73,29 +73,16 @@ def predict_file(
                 raise
             skipped += 1
     preds = predict(tm, inputs, isolate=isolate, batch_size=batch_size)
+    regression = head.type == "regression"
+    probabilities = [] if regression else [f"p_{c}" for c in (head.classes or range(head.n_classes))]
     with io.atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        extra = (
-            ["prediction"]
-            if head.type == "regression"
-            else ["prediction", *[f"p_{c}" for c in (head.classes or range(head.n_classes))]]
-        )
-        w.writerow([*columns, *extra])
+        w.writerow([*columns, "prediction", *probabilities])
         for rec, p in zip(kept, preds):
             row = [rec.values.get(c, "") for c in columns]
-            if head.type == "regression":
+            if regression:
                 w.writerow([*row, float(p.reshape(-1)[0])])
             else:
                 k = int(p.argmax())
                 w.writerow([*row, head.classes[k] if head.classes else k, *map(float, p)])
     return {"n_predicted": len(kept), "n_skipped": skipped}
-
-
-def _row_preparer(source: TaskSource | None):
-    """A preset's predict-time hook (e.g. synergy: SMILES from drug names, known cell lines), if any."""
-    if source is None or not source.preset:
-        return None
-    spec = get_task(source.preset)
-    if spec.prepare_rows is None:
-        return None
-    return lambda rows, where, lines: spec.prepare_rows(rows, source.data_dir, where, lines)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -34,14 +35,11 @@ def prepare_tags(
     config: TrainConfig,
     *,
     classes: list[str] | None = None,
-    create_missing: bool = True,
 ) -> None:
     """Create the template's tags that no loaded library holds (domain tags, then the function tag + head).
     `classes`: a classification head's class names, in index order, so predictions can name them."""
     for name in template.domain_tags:
         if name not in tm.specs:
-            if not create_missing:
-                raise InputError(f"template uses <{name}>, which none of the loaded tag libraries holds")
             tm.add_tag(name, "domain", length=config.tag_length, char_level=name in spec.char_level_tags)
         elif tm.specs[name].kind != "domain":
             raise InputError(
@@ -58,8 +56,6 @@ def prepare_tags(
                 f"task needs {spec.head}"
             )
         return
-    if not create_missing:
-        raise InputError(f"template ends in <{func}>, which none of the loaded tag libraries holds")
     labels = np.array([ex.label for ex in train], dtype=float) if spec.head == "regression" else None
     tm.add_tag(
         func,
@@ -92,14 +88,9 @@ def evaluate_split(
         tm, split.inputs, isolate=isolate, batch_size=batch_size, description=description, cache=cache
     )
     if spec.head == "regression":
-        values = preds.reshape(-1)
-        result = metrics.compute(spec.metrics, split.labels, values)
-    else:
-        values = preds.argmax(-1)
-        result = metrics.compute(
-            [m for m in spec.metrics if m in metrics.CLASSIFICATION_METRICS], split.labels, values
-        )
-    return result, preds
+        return metrics.compute(spec.metrics, split.labels, preds.reshape(-1)), preds
+    names = [m for m in spec.metrics if m in metrics.CLASSIFICATION_METRICS]
+    return metrics.compute(names, split.labels, preds.argmax(-1)), preds
 
 
 def train_tagged_task(
@@ -119,10 +110,9 @@ def train_tagged_task(
     `source` says where the task came from, for the run's config.yaml (None: only the spec's template and
     head are recorded, so `domainlm eval` has no data to reload)."""
     started = time.time()
-    if source is None:
-        source = TaskSource(
-            template=spec.template, head=spec.head, n_classes=spec.n_classes, char_level=spec.char_level_tags
-        )
+    source = source or TaskSource(
+        template=spec.template, head=spec.head, n_classes=spec.n_classes, char_level=spec.char_level_tags
+    )
     run_config = RunConfig(
         model if isinstance(model, str) else model.name,
         config,
@@ -134,13 +124,7 @@ def train_tagged_task(
         run.write_config(run_config.to_dict())
         for reason, count in data.skipped.items():
             run.log(f"skipped {count} rows: {reason}")
-        tm = (
-            model
-            if isinstance(model, TaggedModel)
-            else TaggedModel.from_pretrained(model, dtype=config.dtype, device=config.device)
-        )
-        if tags:
-            tm.load_tags(*tags, on_conflict=on_conflict)
+        tm = _tagged_model(model, config, tags, on_conflict)
         template = Template(spec.template)
         prepare_tags(tm, template, spec, data.train, config, classes=data.info.get("classes"))
         splits = {name: render_split(template, exs, spec.name) for name, exs in data.splits().items()}
@@ -148,16 +132,19 @@ def train_tagged_task(
             tm, config, splits["train"], function_tag=template.function_tag, domain_tags=template.domain_tags
         )
 
-        def validate() -> dict:
+        def score(name: str, description: str) -> tuple[dict[str, float], np.ndarray]:
             return evaluate_split(
                 tm,
-                splits["val"],
+                splits[name],
                 spec,
                 isolate=method.isolate,
                 cache=method.cache,
                 batch_size=config.eval_batch_size,
-                description="validating",
-            )[0]
+                description=description,
+            )
+
+        def validate() -> dict:
+            return score("val", "validating")[0]
 
         touched = overflow_report(tm, splits, method.isolate)
         if any(touched.values()):
@@ -181,9 +168,7 @@ def train_tagged_task(
             "total_params": tm.num_total(),
             "train_tokens_per_s": round(trained.tokens_per_s, 1),
             "best_step": trained.best_step,
-            "n_train": len(data.train),
-            "n_val": len(data.val),
-            "n_test": len(data.test),
+            **{f"n_{name}": len(examples) for name, examples in data.splits().items()},
             "skipped": dict(data.skipped),
             "info": data.info,
             "isolate": method.isolate,
@@ -196,27 +181,13 @@ def train_tagged_task(
         for name in ("val", "test"):
             if len(splits[name]) == 0:
                 continue
-            scores, preds = evaluate_split(
-                tm,
-                splits[name],
-                spec,
-                isolate=method.isolate,
-                cache=method.cache,
-                batch_size=config.eval_batch_size,
-                description=f"scoring {name}",
-            )
+            scores, preds = score(name, f"scoring {name}")
             results.update({f"{name}_{k}": v for k, v in scores.items()})
             predictions[name] = preds
             write_predictions(run.path / f"predictions_{name}.csv", splits[name], preds, spec)
         results["seconds"] = round(time.time() - started, 2)
-        tm.save_tags(
-            run.path / "tags",
-            training={"task": spec.name, "template": spec.template, **config.to_dict()},
-            metrics={k: v for k, v in results.items() if isinstance(v, (int, float))},
-        )
-        io.write_json(run.path / "history.json", history)
-        if history:
-            plots.training_curve(history, run.path / "training_curve.png", title=f"{spec.name}: tags")
+        training = {"task": spec.name, "template": spec.template, **config.to_dict()}
+        _save_tags_and_history(run, tm, None, training, results, history, f"{spec.name}: tags")
         if "test" in predictions and spec.head == "regression":
             plots.predicted_vs_true(
                 splits["test"].labels,
@@ -245,16 +216,15 @@ def overflow_report(tm: TaggedModel, splits: dict[str, Split], isolate: bool) ->
 
 
 def write_predictions(path: Path, split: Split, preds: np.ndarray, spec: TaskSpec) -> None:
+    rows = zip(split.ids or range(len(split)), split.labels or [None] * len(split), preds)
     with io.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         if spec.head == "regression":
             w.writerow(["id", "true", "predicted"])
-            for i, y, p in zip(split.ids or range(len(split)), split.labels or [None] * len(split), preds):
-                w.writerow([i, y, float(np.ravel(p)[0])])
+            w.writerows([i, y, float(np.ravel(p)[0])] for i, y, p in rows)
         else:
             w.writerow(["id", "true", "predicted", *[f"p{k}" for k in range(preds.shape[1])]])
-            for i, y, p in zip(split.ids or range(len(split)), split.labels or [None] * len(split), preds):
-                w.writerow([i, y, int(np.argmax(p)), *map(float, p)])
+            w.writerows([i, y, int(np.argmax(p)), *map(float, p)] for i, y, p in rows)
 
 
 def train_domain_tag(
@@ -273,8 +243,6 @@ def train_domain_tag(
 ) -> dict[str, Any]:
     """Stage 1: a domain tag from unlabelled text, next-token loss on "<Tag> text" (non-tag tokens only).
     `corpus` says where the texts came from, for the run's config.yaml."""
-    import random
-
     started = time.time()
     corpus = corpus or CorpusSource(tag=tag, char_level=char_level, val_fraction=val_fraction)
     run_config = RunConfig(
@@ -282,13 +250,7 @@ def train_domain_tag(
     )
     with RunDirectory(out_dir, resume=resume, overwrite=overwrite) as run:
         run.write_config(run_config.to_dict())
-        tm = (
-            model
-            if isinstance(model, TaggedModel)
-            else TaggedModel.from_pretrained(model, dtype=config.dtype, device=config.device)
-        )
-        if tags:
-            tm.load_tags(*tags)
+        tm = _tagged_model(model, config, tags)
         if tag not in tm.specs:
             tm.add_tag(tag, "domain", length=config.tag_length, char_level=char_level)
         elif tm.specs[tag].kind != "domain":
@@ -328,19 +290,31 @@ def train_domain_tag(
         if len(val):
             results["val_lm_loss"] = lm_loss(tm, val.inputs, config.eval_batch_size)
         results["seconds"] = round(time.time() - started, 2)
-        tm.save_tags(
-            run.path / "tags",
-            [tag],
-            training={"stage": "domain", **config.to_dict()},
-            metrics={k: v for k, v in results.items() if isinstance(v, (int, float))},
-        )
-        io.write_json(run.path / "history.json", history)
-        if history:
-            plots.training_curve(history, run.path / "training_curve.png", title=f"<{tag}>: next-token loss")
+        training = {"stage": "domain", **config.to_dict()}
+        _save_tags_and_history(run, tm, [tag], training, results, history, f"<{tag}>: next-token loss")
         run.write_metrics(results)
         run.complete()
         results["run_dir"] = str(run.path)
         return results
+
+
+def _tagged_model(model: str | TaggedModel, config: TrainConfig, tags, on_conflict="error") -> TaggedModel:
+    """The model to train (loaded when named) with the tag libraries it starts from."""
+    if not isinstance(model, TaggedModel):
+        model = TaggedModel.from_pretrained(model, dtype=config.dtype, device=config.device)
+    if tags:
+        model.load_tags(*tags, on_conflict=on_conflict)
+    return model
+
+
+def _save_tags_and_history(run: RunDirectory, tm, names, training: dict, results: dict, history, title: str):
+    """The trained tags (their library records the training settings and numeric results), the training
+    history and its curve."""
+    numbers = {k: v for k, v in results.items() if isinstance(v, (int, float))}
+    tm.save_tags(run.path / "tags", names, training=training, metrics=numbers)
+    io.write_json(run.path / "history.json", history)
+    if history:
+        plots.training_curve(history, run.path / "training_curve.png", title=title)
 
 
 def domain_parts(tag: str, text: str) -> list[Part]:

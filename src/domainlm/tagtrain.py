@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from domainlm import backbone
+import numpy as np
+
+from domainlm import backbone, metrics
 from domainlm.corpus import CorpusSource
 from domainlm.runs import CONFIG_FILE, RunConfig
 from domainlm.tagruns import train_domain_tag, train_tagged_task
@@ -55,10 +57,6 @@ def train_run(
 
 def run_demo(data_dir, out_dir, *, limit_train: int, limit_eval: int, epochs: float) -> dict:
     """QED on the packaged MiniLM: domain and function tags trained jointly (an encoder has no LM head)."""
-    import numpy as np
-
-    from domainlm import metrics
-
     source = TaskSource(preset="qed", data_dir=data_dir, limit_train=limit_train, limit_eval=limit_eval)
     spec, data = resolve_task(source)
     config = TrainConfig(

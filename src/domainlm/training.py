@@ -125,12 +125,14 @@ class TrainConfig:
 
 
 class TrainableMethod:
-    """What trains and what its loss is. Training examples are the indices 0 .. n_examples - 1."""
+    """What trains and what its loss is. Training examples are the indices 0 .. n_examples - 1; what trains
+    is by default every parameter of `module` that requires a gradient, in `module`'s training mode."""
 
     n_examples: int
+    module: torch.nn.Module
 
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
-        raise NotImplementedError
+        return {n: p for n, p in self.module.named_parameters() if p.requires_grad}
 
     def loss(self, batch: list[int]) -> torch.Tensor:
         """The mean training loss over these examples (a scalar with a gradient)."""
@@ -141,7 +143,7 @@ class TrainableMethod:
         raise NotImplementedError
 
     def train_mode(self, training: bool) -> None:
-        raise NotImplementedError
+        self.module.train(training)
 
     def batches(self, batch_size: int, seed: int) -> list[list[int]]:
         """One epoch's batches, a function of `seed` alone (so a resumed epoch replays them)."""

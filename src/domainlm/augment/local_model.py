@@ -31,12 +31,8 @@ class LocalChatModel:
         loaded = backbone.load(backbone.local_directory(self.path), "generation")
         self.tokenizer = loaded.tokenizer
         self.model = loaded.model.to(self.device).eval()
+        self.context_length = backbone.declared_positions(self.model.config)
         self._lock = threading.Lock()
-
-    def context_length(self) -> int | None:
-        from domainlm.backbone import declared_positions
-
-        return declared_positions(self.model.config)
 
     def render(self, messages: list[dict]) -> tuple[str, bool]:
         """(prompt text, whether it already carries special tokens)."""
@@ -64,7 +60,7 @@ class LocalChatModel:
             self.device
         )
         prompt_len = encoded["input_ids"].shape[1]
-        context = self.context_length()
+        context = self.context_length
         if context is not None:
             if prompt_len >= context:
                 raise PromptTooLong(f"the prompt has {prompt_len} tokens; the model's context is {context}")

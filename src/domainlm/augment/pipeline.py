@@ -9,6 +9,7 @@ ran straight through.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import Counter
@@ -318,37 +319,33 @@ def _manifest(config, teacher, templates, stats, accepted, rejects, originals, d
     }
 
 
-class _progress:
-    """A rich progress bar on stderr: replies done, rejects, retries and tokens."""
+@contextlib.contextmanager
+def _progress(stats: Stats, enabled: bool):
+    """A rich progress bar on stderr (replies done, rejects, retries and tokens); yields its update."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    def __init__(self, stats: Stats, enabled: bool):
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    progress = Progress(
+        TextColumn("augment"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+    )
+    task = progress.add_task("augment", total=stats.jobs, info="")
 
-        self.stats = stats
-        self.progress = Progress(
-            TextColumn("augment"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-            disable=not enabled,
-        )
-        self.task = self.progress.add_task("augment", total=stats.jobs, info="")
-
-    def update(self) -> None:
-        s = self.stats
+    def update() -> None:
+        s = stats
         tokens = s.usage["prompt"] + s.usage["completion"]
         info = (
             f"rejects {s.rejected + s.failed}  retries {s.retries}  tokens {tokens:,}  cached {s.from_cache}"
         )
-        self.progress.update(self.task, completed=s.done, info=info)
+        progress.update(task, completed=s.done, info=info)
 
-    def __enter__(self):
-        self.progress.start()
-        return self.update
-
-    def __exit__(self, *exc) -> None:
-        self.update()
-        self.progress.stop()
+    with progress:
+        try:
+            yield update
+        finally:
+            update()

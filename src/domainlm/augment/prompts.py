@@ -43,13 +43,8 @@ class PromptTemplate:
 
     def messages(self, item: QAItem) -> list[dict[str, str]]:
         """Chat messages for one training item."""
-        values = {
-            "question": item.question,
-            "context": item.context,
-            "label": item.label,
-            "long_answer": item.long_answer or "(not given)",
-            "id": item.id,
-        }
+        values = {name: getattr(item, name) for name in FIELDS}
+        values["long_answer"] = item.long_answer or "(not given)"
         return [{"role": role, "content": body.format(**values)} for role, body in self.sections().items()]
 
 

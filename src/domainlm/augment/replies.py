@@ -10,7 +10,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from domainlm.qa.data import LABELS, QAItem
+from domainlm.qa.data import LABELS, QAItem, stripped
 
 # Reasons a reply is rejected; `duplicate` is decided over the whole output, the others per reply.
 REASONS = ("unparseable", "empty", "bad_label", "label_changed", "copy", "duplicate", "request_failed")
@@ -51,12 +51,12 @@ def judge_reply(text: str, parent: QAItem, mode: str, sample: int) -> Verdict:
     data = extract_json(text)
     if data is None:
         return Verdict(None, "unparseable", "no JSON object in the reply")
-    question = _string(data.get("question"))
-    answer = _string(data.get("answer") or data.get("long_answer"))
+    question = stripped(data.get("question"))
+    answer = stripped(data.get("answer") or data.get("long_answer"))
     empty = [name for name, value in (("question", question), ("answer", answer)) if not value]
     if empty:
         return Verdict(None, "empty", f"missing or empty {empty}")
-    label = _string(data.get("label") or data.get("final_decision")).lower().strip(" .!\"'")
+    label = stripped(data.get("label") or data.get("final_decision")).lower().strip(" .!\"'")
     if label not in LABELS:
         return Verdict(None, "bad_label", f"label {data.get('label')!r} is not one of {list(LABELS)}")
     if mode == "rewrite" and label != parent.label:
@@ -75,7 +75,3 @@ def judge_reply(text: str, parent: QAItem, mode: str, sample: int) -> Verdict:
         parent_id=parent.id,
     )
     return Verdict(item)
-
-
-def _string(value) -> str:
-    return value.strip() if isinstance(value, str) else ""

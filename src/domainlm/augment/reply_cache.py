@@ -77,20 +77,10 @@ class ReplyCache:
         return Reply(*row) if row else None
 
     def put(self, key: str, reply: Reply, *, item_id: str, mode: str, sample: int) -> None:
+        tokens = (reply.prompt_tokens, reply.completion_tokens)
+        row = (key, item_id, mode, sample, reply.text, *tokens, time.time())  # the table's column order
         with self._db:  # one transaction, committed before the next reply is handled
-            self._db.execute(
-                "INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    key,
-                    item_id,
-                    mode,
-                    sample,
-                    reply.text,
-                    reply.prompt_tokens,
-                    reply.completion_tokens,
-                    time.time(),
-                ),
-            )
+            self._db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM replies").fetchone()[0]

@@ -7,7 +7,6 @@ returns token usage) and GET /v1/models. With an API key set, every request need
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 import uuid
@@ -19,7 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from domainlm.augment.local_model import PromptTooLong
-from domainlm.errors import InputError
+from domainlm.augment.teachers import api_key_from_env
 
 DEFAULT_MAX_TOKENS = 256
 
@@ -66,9 +65,7 @@ def create_app(chat_model, model_name: str, api_key: str | None = None) -> FastA
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError):
         message = "; ".join(f"{'.'.join(map(str, err['loc'][1:]))}: {err['msg']}" for err in e.errors())
-        return JSONResponse(
-            {"error": {"message": message, "type": "invalid_request_error", "code": None}}, 400
-        )
+        return await _api_error(request, APIError(400, message, "invalid_request_error"))
 
     def authorise(request: Request) -> None:
         if api_key is None:
@@ -125,15 +122,6 @@ def create_app(chat_model, model_name: str, api_key: str | None = None) -> FastA
         }
 
     return app
-
-
-def api_key_from_env(api_key_env: str | None) -> str | None:
-    if not api_key_env:
-        return None
-    key = os.environ.get(api_key_env)
-    if not key:
-        raise InputError(f"--api-key-env names {api_key_env}, but that environment variable is not set")
-    return key
 
 
 def serve(

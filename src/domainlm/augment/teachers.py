@@ -149,7 +149,15 @@ def make_teacher(spec: str, *, api_key_env: str | None = None, timeout: float = 
         return HFTeacher(spec[3:])
     if not spec.startswith(("http://", "https://")):
         raise InputError(f"teacher {spec!r} is neither an http(s) URL nor hf:PATH")
-    if api_key_env and not os.environ.get(api_key_env):
-        raise InputError(f"--api-key-env names {api_key_env}, but that environment variable is not set")
-    api_key = os.environ.get(api_key_env or "OPENAI_API_KEY")
+    api_key = api_key_from_env(api_key_env) if api_key_env else os.environ.get("OPENAI_API_KEY")
     return OpenAITeacher(spec, api_key, timeout=timeout)
+
+
+def api_key_from_env(api_key_env: str | None) -> str | None:
+    """The key in the variable `api_key_env` names (None when it names none); that variable must be set."""
+    if not api_key_env:
+        return None
+    key = os.environ.get(api_key_env)
+    if not key:
+        raise InputError(f"--api-key-env names {api_key_env}, but that environment variable is not set")
+    return key

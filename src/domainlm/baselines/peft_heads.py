@@ -34,9 +34,10 @@ from domainlm import metrics as metric_functions
 from domainlm.backbone import ensure_pad_token, is_causal_lm, load, lora_layers, lora_targets, max_positions
 from domainlm.batching import pad_ids
 from domainlm.engine.heads import Head, HeadSpec
+from domainlm.engine.tags import initial_tag
 from domainlm.engine.template import Template
 from domainlm.errors import DomainLMError
-from domainlm.progress import progress_bar
+from domainlm.progress import batches_by_length
 from domainlm.tasks.base import Example, TaskData, TaskSpec
 from domainlm.training import TrainableMethod, fit, length_bucketed_batches, seed_everything
 
@@ -80,10 +81,6 @@ class Backbone:
     tokenizer: object
     causal: bool
     name: str
-
-    @property
-    def max_positions(self) -> int | None:
-        return max_positions(self.model.config)
 
 
 def load_backbone(model, dtype: str = "float32", device: str | None = None) -> Backbone:
@@ -151,8 +148,6 @@ def build_model(
     """The backbone wrapped for `method` (prompt_tuning or lora) with a fresh head; base weights frozen."""
     from peft import LoraConfig, PromptTuningConfig, TaskType, get_peft_model
     from transformers.pytorch_utils import Conv1D
-
-    from domainlm.engine.tags import initial_tag
 
     body = backbone.model
     hidden = body.get_input_embeddings().weight.shape[1]
@@ -241,7 +236,7 @@ def _shorten_longest_field(
 
 def text_budget(backbone: Backbone, settings: PeftSettings) -> int:
     """Tokens a text may use: the position limit less the prompt (same for all methods, for a fair test)."""
-    limit = backbone.max_positions or 4096
+    limit = max_positions(backbone.model.config) or 4096
     if settings.max_length:
         limit = min(limit, settings.max_length)
     return limit - settings.num_virtual_tokens
@@ -281,15 +276,10 @@ def predict(
     was_training = net.training
     net.eval()
     device = net.head.linear.weight.device
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = np.zeros(len(ids))
-    with progress_bar(total=len(ids), description=desc) as bar:
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
-            raw = net(**pad_ids([ids[i] for i in idx], pad_id, device=device))
-            pred = net.head.predictions(raw)
-            out[idx] = (pred.argmax(-1) if pred.ndim == 2 else pred).float().cpu().numpy()
-            bar.update(min(s + batch_size, len(order)))
+    for idx in batches_by_length([len(x) for x in ids], batch_size, desc):
+        pred = net.head.predictions(net(**pad_ids([ids[i] for i in idx], pad_id, device=device)))
+        out[idx] = (pred.argmax(-1) if pred.ndim == 2 else pred).float().cpu().numpy()
     net.train(was_training)
     return out
 
@@ -298,15 +288,9 @@ class HeadTraining(TrainableMethod):
     """A HeadedBackbone's peft weights and head on encoded training texts, with the head's own loss."""
 
     def __init__(self, net: HeadedBackbone, train: EncodedTexts, pad_id: int):
-        self.net, self.train, self.pad_id = net, train, pad_id
+        self.net, self.module, self.train, self.pad_id = net, net, train, pad_id
         self.n_examples = len(train.ids)
         self.labels = torch.tensor(train.labels, dtype=torch.float32)
-
-    def trainable_parameters(self) -> dict[str, nn.Parameter]:
-        return self.net.trainable_parameters()
-
-    def train_mode(self, training: bool) -> None:
-        self.net.train(training)
 
     def tokens(self, batch: list[int]) -> int:
         return sum(len(self.train.ids[i]) + self.net.n_prompt for i in batch)
@@ -320,19 +304,15 @@ class HeadTraining(TrainableMethod):
         return self.net.head.loss(raw, self.labels[batch].to(device))
 
 
-def _scores(task: TaskSpec, encoded: dict[str, EncodedTexts], predictions: dict[str, np.ndarray]) -> dict:
+def _result(task, encoded, predictions, trainable: int, started: float, **extra) -> dict:
     metrics = {}
     for split, pred in predictions.items():
         if len(pred):
             scores = metric_functions.compute(task.metrics, encoded[split].labels, pred)
             metrics.update({f"{split}_{k}": v for k, v in scores.items()})
-    return metrics
-
-
-def _result(task, encoded, predictions, trainable: int, started: float, **extra) -> dict:
     test = encoded["test"]
     return {
-        "metrics": _scores(task, encoded, predictions),
+        "metrics": metrics,
         "trainable_params": int(trainable),
         "seconds": round(time.perf_counter() - started, 2),
         "predictions": {
@@ -418,15 +398,11 @@ def frozen_features(
         except (OSError, ValueError):
             pass  # unreadable entry: recompute below
     device = backbone.model.get_input_embeddings().weight.device
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = np.zeros((len(ids), backbone.model.get_input_embeddings().weight.shape[1]), dtype=np.float32)
-    with progress_bar(total=len(ids), description="features") as bar:
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
-            batch = pad_ids([ids[i] for i in idx], backbone.tokenizer.pad_token_id, device=device)
-            hidden = backbone.model(**batch).last_hidden_state
-            out[idx] = pool(hidden, batch["attention_mask"], backbone.causal).float().cpu().numpy()
-            bar.update(min(s + batch_size, len(order)))
+    for idx in batches_by_length([len(x) for x in ids], batch_size, "features"):
+        batch = pad_ids([ids[i] for i in idx], backbone.tokenizer.pad_token_id, device=device)
+        hidden = backbone.model(**batch).last_hidden_state
+        out[idx] = pool(hidden, batch["attention_mask"], backbone.causal).float().cpu().numpy()
     with io.atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, out)
     return out
@@ -445,12 +421,9 @@ def _linear_probe(task, backbone, encoded, head_spec, config, settings, started)
     feats = {
         s: frozen_features(backbone, e.ids, config.eval_batch_size, settings) for s, e in encoded.items()
     }
-    if head_spec.type == "classification":
-        ridge = RidgeClassifierCV(alphas=RIDGE_ALPHAS).fit(
-            feats["train"], encoded["train"].labels.astype(int)
-        )
-    else:
-        ridge = RidgeCV(alphas=RIDGE_ALPHAS).fit(feats["train"], encoded["train"].labels)
+    classify, labels = head_spec.type == "classification", encoded["train"].labels
+    ridge = (RidgeClassifierCV if classify else RidgeCV)(alphas=RIDGE_ALPHAS)
+    ridge.fit(feats["train"], labels.astype(int) if classify else labels)
     predictions = {s: ridge.predict(feats[s]) if len(feats[s]) else np.zeros(0) for s in ("val", "test")}
     trainable = ridge.coef_.size + np.size(ridge.intercept_)
     return _result(task, encoded, predictions, trainable, started, alpha=float(ridge.alpha_))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
-import sys
 
 import typer
 from rich.console import Console
@@ -25,17 +24,11 @@ console = Console(stderr=True)
 COMMAND_MODULES = ["tags", "qa", "bench", "students"]
 
 
-_registered = False
-
-
+@functools.cache  # once: commands must not be wrapped twice
 def _register() -> None:
-    global _registered
-    if _registered:
-        return
     for name in COMMAND_MODULES:
         importlib.import_module(f"domainlm.cli.{name}")
     _wrap_commands(app)
-    _registered = True
 
 
 def _wrap_commands(typer_app: typer.Typer) -> None:
@@ -61,11 +54,7 @@ def _friendly(fn):
 def main() -> None:
     _register()
     _show_library_messages()
-    try:
-        app()
-    except DomainLMError as e:
-        console.print(f"[bold red]error:[/] {e}")
-        sys.exit(2)
+    app()  # every command turns a DomainLMError into a message and exit status 2 (`_friendly`)
 
 
 def _show_library_messages() -> None:

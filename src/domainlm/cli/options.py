@@ -58,14 +58,27 @@ def load_config_file(path: str | Path | None) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
-def merge(defaults: dict[str, Any], config: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
-    """Flags left at None fall back to the config file, then to the defaults."""
-    unknown = set(config) - set(defaults)
+def merge(known, config: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+    """The options given: flags left at None fall back to the config file; options in neither (or null
+    there) are left out, for their defaults to apply."""
+    unknown = set(config) - set(known)
     if unknown:
-        raise DomainLMError(f"unknown option(s) in config file: {sorted(unknown)}; known: {sorted(defaults)}")
-    out = dict(defaults)
-    out.update({k: v for k, v in config.items()})
-    out.update({k: v for k, v in flags.items() if v is not None})
+        raise DomainLMError(f"unknown option(s) in config file: {sorted(unknown)}; known: {sorted(known)}")
+    return {k: v for k, v in [*config.items(), *flags.items()] if v is not None}
+
+
+def parse_prefer(items: list[str] | None) -> str | dict[str, str]:
+    """--prefer values -> who wins a tag-library conflict: error (none), first, last or {tag: library}."""
+    if not items:
+        return "error"
+    out = {}
+    for item in items:
+        if item in {"first", "last"}:
+            return item
+        if "=" not in item:
+            raise DomainLMError(f"--prefer takes TAG=LIBRARY_DIR, 'first' or 'last'; got {item!r}")
+        tag, lib = item.split("=", 1)
+        out[tag] = lib
     return out
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import fields
 from pathlib import Path
 
 import typer
 
+from domainlm import io
 from domainlm.cli import app, console
+from domainlm.errors import DomainLMError, InputError
+from domainlm.qa.data import load_pubmedqa, load_qa_dir, pubmedqa_files, write_qa_jsonl
 
 data_app = typer.Typer(help="Load data sets and write them as plain files.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -17,13 +21,10 @@ DATA_HELP = "Data directory (holds pubmedqa/ori_pqal.json); defaults to $DOMAINL
 
 
 def _data_dir(data: Path | None) -> Path:
-    from domainlm.errors import InputError
-
-    if data is not None:
-        return data
-    if os.environ.get("DOMAINLM_DATA"):
-        return Path(os.environ["DOMAINLM_DATA"])
-    raise InputError("no data directory: pass --data DIR or set DOMAINLM_DATA")
+    data = data or os.environ.get("DOMAINLM_DATA")
+    if not data:
+        raise InputError("no data directory: pass --data DIR or set DOMAINLM_DATA")
+    return Path(data)
 
 
 @data_app.command("export")
@@ -39,10 +40,6 @@ def export(
     ),
 ) -> None:
     """Write a data set split as train/dev/test JSONL files, one item a line with its id."""
-    from domainlm import io
-    from domainlm.errors import InputError
-    from domainlm.qa.data import load_pubmedqa, pubmedqa_files, write_qa_jsonl
-
     if dataset != "pubmedqa":
         raise InputError(f"unknown data set {dataset!r}; choose from ['pubmedqa']")
     data_dir = _data_dir(data)
@@ -50,36 +47,24 @@ def export(
     for name, items in splits.as_dict().items():
         write_qa_jsonl(out / f"{name}.jsonl", items)
     counts = {name: len(items) for name, items in splits.as_dict().items()}
-    io.write_json(
-        out / "split.json",
-        {
-            "dataset": dataset,
-            "split": split,
-            "fold": fold if split == "official" else None,
-            "source": str(pubmedqa_files(data_dir)[0]),
-            "counts": counts,
-        },
-    )
+    io.write_json(out / "split.json", {**_pubmedqa_info(data_dir, split, fold), "counts": counts})
     console.print(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
 def _load_for_augment(data: Path, split: str, fold: int):
     """A train/dev/test JSONL directory when `data` holds train.jsonl, else PubMedQA with --split/--fold."""
-    from domainlm.qa.data import load_pubmedqa, load_qa_dir, pubmedqa_files
-
     if (data / "train.jsonl").is_file():
         info = {"source": str(data), "format": "qa-jsonl-dir"}
         if (data / "split.json").is_file():  # written by `data export`: which split and fold this is
             info["split"] = json.loads((data / "split.json").read_text(encoding="utf-8"))
         return load_qa_dir(data), info
-    splits = load_pubmedqa(data, split, fold)
-    info = {
-        "source": str(pubmedqa_files(data)[0]),
-        "dataset": "pubmedqa",
-        "split": split,
-        "fold": fold if split == "official" else None,
-    }
-    return splits, info
+    return load_pubmedqa(data, split, fold), _pubmedqa_info(data, split, fold)
+
+
+def _pubmedqa_info(data: Path, split: str, fold: int) -> dict:
+    """Which PubMedQA split a data set is, for split.json and the augmentation manifest."""
+    fold = fold if split == "official" else None
+    return {"dataset": "pubmedqa", "split": split, "fold": fold, "source": str(pubmedqa_files(data)[0])}
 
 
 @app.command("augment")
@@ -140,8 +125,8 @@ def augment(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """Generate training data with a teacher LLM; every reply is cached, so reruns resume and cost nothing."""
+    options = dict(locals())
     from domainlm.augment import AugmentConfig, make_teacher, run_augment
-    from domainlm.errors import DomainLMError, InputError
 
     data_dir = _data_dir(data)
     if out.resolve() == data_dir.resolve():
@@ -150,23 +135,9 @@ def augment(
         if not teacher.startswith("hf:"):
             raise InputError("--model is required for a teacher URL")
         model = Path(teacher[3:]).name
-    config = AugmentConfig(
-        mode=mode,
-        model=model,
-        n=n,
-        limit=limit,
-        concurrency=concurrency,
-        rpm=rpm,
-        temperature=temperature,
-        max_tokens=max_tokens,
-        seed=seed,
-        max_retries=max_retries,
-        backoff=backoff,
-        include_originals=originals,
-        prompt_dir=str(prompt_dir) if prompt_dir else None,
-        price_in=price_in,
-        price_out=price_out,
-    )
+    # AugmentConfig's fields are options of the same names, but for --originals and --prompt-dir.
+    options.update(model=model, include_originals=originals, prompt_dir=prompt_dir and str(prompt_dir))
+    config = AugmentConfig(**{f.name: options[f.name] for f in fields(AugmentConfig)})
     splits, data_info = _load_for_augment(data_dir, split, fold)
     manifest = run_augment(
         splits,
@@ -177,11 +148,8 @@ def augment(
         data_info=data_info,
         show_progress=progress,
     )
-    counts, usage, cost = (
-        manifest["counts"],
-        manifest["usage_this_run"],
-        manifest["cost"]["estimated_usd_this_run"],
-    )
+    counts, usage = manifest["counts"], manifest["usage_this_run"]
+    cost = manifest["cost"]["estimated_usd_this_run"]
     rejects = ", ".join(f"{k} {v}" for k, v in manifest["rejects_by_reason"].items() if v) or "none"
     console.print(
         f"wrote {out}: train {counts['train_total']} ({counts['train_originals']} original, "

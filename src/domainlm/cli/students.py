@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
 
@@ -10,9 +12,13 @@ from rich.console import Console
 from rich.table import Table
 
 from domainlm.cli import app
-from domainlm.qa.students.config import help_text
+from domainlm.errors import InputError
+from domainlm.qa.students.config import Decoding, StudentConfig
 
 out_console = Console()
+# `finetune`'s options are StudentConfig's fields, with their help and defaults.
+FIELDS = {f.name: f for f in fields(StudentConfig)}
+DEFAULT = {name: f.default for name, f in FIELDS.items()}
 
 NumBeams = Annotated[int, typer.Option(help="beam width for generative students (the paper: 5)")]
 RepetitionPenalty = Annotated[float, typer.Option(help="repetition penalty when generating (the paper: 2.0)")]
@@ -31,13 +37,11 @@ Greedy = Annotated[
 ]
 
 
-def _opt(name: str, **kw):
-    return typer.Option(help=help_text(name), **kw)
+def _opt(name: str, more: str = ""):
+    return typer.Option(help=FIELDS[name].metadata["help"] + more)
 
 
 def _decoding(greedy: bool, num_beams: int, repetition_penalty: float, temperature: float, sample: bool):
-    from domainlm.qa.students.config import Decoding
-
     if greedy:
         return Decoding.greedy()
     return Decoding(
@@ -48,33 +52,31 @@ def _decoding(greedy: bool, num_beams: int, repetition_penalty: float, temperatu
 @app.command("finetune")
 def finetune_command(
     out: Annotated[Path, typer.Option("--out", help="run directory to create (or continue with --resume)")],
-    method: Annotated[str, _opt("method")] = "lora",
+    method: Annotated[str, _opt("method")] = DEFAULT["method"],
     model: Annotated[str | None, _opt("model")] = None,
-    data: Annotated[str | None, typer.Option(help=help_text("data") + " (default: $DOMAINLM_DATA)")] = None,
-    split: Annotated[str, _opt("split")] = "official",
-    fold: Annotated[int, _opt("fold")] = 0,
-    epochs: Annotated[int, _opt("epochs")] = 3,
-    lr: Annotated[float, _opt("lr")] = 5e-5,
-    batch_size: Annotated[int, _opt("batch_size")] = 1,
-    grad_accum: Annotated[int, _opt("grad_accum")] = 32,
-    warmup_ratio: Annotated[float, _opt("warmup_ratio")] = 0.03,
-    weight_decay: Annotated[float, _opt("weight_decay")] = 0.0,
-    max_grad_norm: Annotated[float, _opt("max_grad_norm")] = 1.0,
-    lora_rank: Annotated[int, _opt("lora_rank")] = 4,
-    lora_alpha: Annotated[float, _opt("lora_alpha")] = 16,
-    lora_dropout: Annotated[float, _opt("lora_dropout")] = 0.05,
-    target_modules: Annotated[
-        str | None, typer.Option(help=help_text("target_modules") + "; comma-separated")
-    ] = None,
-    num_virtual_tokens: Annotated[int, _opt("num_virtual_tokens")] = 16,
-    tag_length: Annotated[int, _opt("tag_length")] = 10,
-    max_length: Annotated[int, _opt("max_length")] = 512,
-    max_answer_tokens: Annotated[int, _opt("max_answer_tokens")] = 128,
-    seed: Annotated[int, _opt("seed")] = 0,
-    limit: Annotated[int | None, _opt("limit")] = None,
-    save_every: Annotated[int, _opt("save_every")] = 50,
-    eval_batch_size: Annotated[int, _opt("eval_batch_size")] = 8,
-    device: Annotated[str, _opt("device")] = "auto",
+    data: Annotated[str | None, _opt("data", " (default: $DOMAINLM_DATA)")] = None,
+    split: Annotated[str, _opt("split")] = DEFAULT["split"],
+    fold: Annotated[int, _opt("fold")] = DEFAULT["fold"],
+    epochs: Annotated[int, _opt("epochs")] = DEFAULT["epochs"],
+    lr: Annotated[float, _opt("lr")] = DEFAULT["lr"],
+    batch_size: Annotated[int, _opt("batch_size")] = DEFAULT["batch_size"],
+    grad_accum: Annotated[int, _opt("grad_accum")] = DEFAULT["grad_accum"],
+    warmup_ratio: Annotated[float, _opt("warmup_ratio")] = DEFAULT["warmup_ratio"],
+    weight_decay: Annotated[float, _opt("weight_decay")] = DEFAULT["weight_decay"],
+    max_grad_norm: Annotated[float, _opt("max_grad_norm")] = DEFAULT["max_grad_norm"],
+    lora_rank: Annotated[int, _opt("lora_rank")] = DEFAULT["lora_rank"],
+    lora_alpha: Annotated[float, _opt("lora_alpha")] = DEFAULT["lora_alpha"],
+    lora_dropout: Annotated[float, _opt("lora_dropout")] = DEFAULT["lora_dropout"],
+    target_modules: Annotated[str | None, _opt("target_modules", "; comma-separated")] = None,
+    num_virtual_tokens: Annotated[int, _opt("num_virtual_tokens")] = DEFAULT["num_virtual_tokens"],
+    tag_length: Annotated[int, _opt("tag_length")] = DEFAULT["tag_length"],
+    max_length: Annotated[int, _opt("max_length")] = DEFAULT["max_length"],
+    max_answer_tokens: Annotated[int, _opt("max_answer_tokens")] = DEFAULT["max_answer_tokens"],
+    seed: Annotated[int, _opt("seed")] = DEFAULT["seed"],
+    limit: Annotated[int | None, _opt("limit")] = DEFAULT["limit"],
+    save_every: Annotated[int, _opt("save_every")] = DEFAULT["save_every"],
+    eval_batch_size: Annotated[int, _opt("eval_batch_size")] = DEFAULT["eval_batch_size"],
+    device: Annotated[str, _opt("device")] = DEFAULT["device"],
     resume: Annotated[
         bool,
         typer.Option(
@@ -83,50 +85,23 @@ def finetune_command(
         ),
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a run already in --out")] = False,
-    num_beams: NumBeams = 5,
-    repetition_penalty: RepetitionPenalty = 2.0,
-    temperature: Temperature = 0.8,
+    num_beams: NumBeams = Decoding.num_beams,
+    repetition_penalty: RepetitionPenalty = Decoding.repetition_penalty,
+    temperature: Temperature = Decoding.temperature,
     sample: Sample = False,
     greedy: Greedy = False,
 ):
     """Fine-tune a QA student (LoRA / prefix tuning on a causal LM, or a classification student) and
     evaluate it on dev and test."""
-    import os
-
-    from domainlm.qa.students.config import StudentConfig
+    options = dict(locals())
     from domainlm.qa.students.runner import finetune
 
     config = None
     if not (resume and (out / "config.yaml").is_file()):
-        config = StudentConfig(
-            method=method,
-            model=model or "",
-            data=data or os.environ.get("DOMAINLM_DATA", ""),
-            split=split,
-            fold=fold,
-            epochs=epochs,
-            lr=lr,
-            batch_size=batch_size,
-            grad_accum=grad_accum,
-            warmup_ratio=warmup_ratio,
-            weight_decay=weight_decay,
-            max_grad_norm=max_grad_norm,
-            lora_rank=lora_rank,
-            lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout,
-            target_modules=[m.strip() for m in target_modules.split(",") if m.strip()]
-            if target_modules
-            else None,
-            num_virtual_tokens=num_virtual_tokens,
-            tag_length=tag_length,
-            max_length=max_length,
-            max_answer_tokens=max_answer_tokens,
-            seed=seed,
-            limit=limit,
-            save_every=save_every,
-            eval_batch_size=eval_batch_size,
-            device=device,
-        )
+        modules = [m.strip() for m in (target_modules or "").split(",") if m.strip()]
+        data = data or os.environ.get("DOMAINLM_DATA", "")
+        options.update(model=model or "", data=data, target_modules=modules or None)
+        config = StudentConfig(**{name: options[name] for name in DEFAULT})
     report = finetune(
         config,
         out,
@@ -146,14 +121,13 @@ def evaluate_qa_command(
     out: Annotated[
         Path | None, typer.Option(help="where to write the report (default RUN/eval-<decoding>)")
     ] = None,
-    num_beams: NumBeams = 5,
-    repetition_penalty: RepetitionPenalty = 2.0,
-    temperature: Temperature = 0.8,
+    num_beams: NumBeams = Decoding.num_beams,
+    repetition_penalty: RepetitionPenalty = Decoding.repetition_penalty,
+    temperature: Temperature = Decoding.temperature,
     sample: Sample = False,
     greedy: Greedy = False,
 ):
     """Evaluate a student run: accuracy, macro-F1, confusion matrix and parse failures per split."""
-    from domainlm.errors import InputError
     from domainlm.qa.students.runner import EVAL_SPLITS, evaluate_run
 
     splits = tuple(split or EVAL_SPLITS)

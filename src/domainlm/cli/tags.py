@@ -21,13 +21,15 @@ from domainlm.cli.options import (
     load_config_file,
     merge,
     parse_key_values,
+    parse_prefer,
 )
-from domainlm.cli.train_options import TRAIN_DEFAULTS, run_config
 from domainlm.errors import DomainLMError
 
 console = Console()
 
 Opt = typer.Option
+# Keys of `train`'s config file that no flag sets.
+FILE_ONLY_OPTIONS = ("eval_batch_size", "checkpoint_every", "warmup_ratio", "weight_decay", "val_fraction")
 
 
 @app.command()
@@ -48,11 +50,7 @@ def train(
     ] = None,
     data_dir: Annotated[
         Path,
-        Opt(
-            "--data-dir",
-            envvar="DOMAINLM_DATA",
-            help="directory holding the preset data sets (default $DOMAINLM_DATA)",
-        ),
+        Opt(envvar="DOMAINLM_DATA", help="directory holding the preset data sets (default $DOMAINLM_DATA)"),
     ] = None,
     template: Annotated[
         str, Opt(help="template with {column} fields and <Tag> markers; the last marker is the function tag")
@@ -120,16 +118,16 @@ def train(
     overwrite: Annotated[bool, Opt("--overwrite", help="replace an existing run directory")] = False,
 ):
     """Train tags: domain tags from unlabelled text, or a function tag (+ head) on a labelled task."""
-    flags = dict(locals())
-    for k in ("config", "resume", "overwrite", "task_option"):
-        flags.pop(k)
+    flags = {k: v for k, v in locals().items() if k not in {"config", "resume", "overwrite", "task_option"}}
     flags["task_options"] = parse_key_values(task_option, "--task-option") or None
-    opts = merge(TRAIN_DEFAULTS, load_config_file(config), flags)
-    if not opts["out"]:
+    opts = merge([*flags, *FILE_ONLY_OPTIONS], load_config_file(config), flags)
+    if not opts.get("out"):
         raise DomainLMError("--out is required: the run directory to write")
+    opts["prefer"] = parse_prefer(opts.get("prefer"))
+    from domainlm.runs import RunConfig
     from domainlm.tagtrain import train_run
 
-    result = train_run(run_config(opts), opts["out"], resume=resume, overwrite=overwrite)
+    result = train_run(RunConfig.from_options(opts), opts["out"], resume=resume, overwrite=overwrite)
     print_metrics(result, title=f"{result.get('task', 'run')} -> {opts['out']}")
 
 
@@ -137,7 +135,7 @@ def train(
 def evaluate(
     run: Annotated[Path, Opt(help="a run directory written by `domainlm train`")],
     split: Annotated[str, Opt(help="val or test")] = "test",
-    data_dir: Annotated[Path, Opt("--data-dir", envvar="DOMAINLM_DATA", help="preset data directory")] = None,
+    data_dir: Annotated[Path, Opt(envvar="DOMAINLM_DATA", help="preset data directory")] = None,
     data: Annotated[Path, Opt(help="another labelled file to score (user tasks)")] = None,
     device: Annotated[str, Opt(help="device")] = None,
 ):
@@ -162,19 +160,10 @@ def predict(
     device: Annotated[str, Opt(help="device")] = None,
 ):
     """Batch prediction from a file to CSV with trained tags."""
+    options = dict(locals())  # predict_file's arguments, by the same names
     from domainlm.tagpredict import predict_file
 
-    summary = predict_file(
-        input,
-        out,
-        run=run,
-        tags=tags,
-        model=model,
-        template=template,
-        skip_invalid=skip_invalid,
-        batch_size=batch_size,
-        device=device,
-    )
+    summary = predict_file(**options)
     console.print(
         f"wrote {summary['n_predicted']} predictions to {out}"
         + (f" ({summary['n_skipped']} rows skipped)" if summary["n_skipped"] else "")
@@ -209,9 +198,8 @@ def show_tags(library: Annotated[list[Path], typer.Argument(help="tag library di
 
     for path in library:
         lib = TagLibrary.load(path)
-        t = Table(title=f"{path} (base: {lib.base_model}, hidden {lib.hidden_size})")
-        for col in ("tag", "kind", "length", "char level", "head"):
-            t.add_column(col)
+        title = f"{path} (base: {lib.base_model}, hidden {lib.hidden_size})"
+        t = Table("tag", "kind", "length", "char level", "head", title=title)
         for s in lib.specs.values():
             head = (
                 "" if s.head is None else s.head.type + (f"/{s.head.n_classes}" if s.head.n_classes else "")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -68,19 +69,18 @@ def prefixed_attention(query, key, value, past_k, past_v, mask, scaling=None):
     return out.reshape(b, h, q_len, d).transpose(1, 2).contiguous(), None
 
 
-_registered = False
+@functools.cache  # once per process
+def _register() -> None:
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+    from transformers.modeling_utils import AttentionInterface
+
+    AttentionInterface.register(NAME, domainlm_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
 
 
 def install(model) -> bool:
     """Switch `model` to the hook; False when its family does not use the attention interface."""
-    global _registered
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-    from transformers.modeling_utils import AttentionInterface
-
-    if not _registered:
-        AttentionInterface.register(NAME, domainlm_attention)
-        ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
-        _registered = True
+    _register()
     try:
         model.set_attn_implementation(NAME)
     except (ValueError, KeyError, AttributeError, NotImplementedError):

@@ -9,7 +9,7 @@ alone. The function segment then starts at the longest other segment's length.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 from domainlm.engine.template import Part, parse_marked_text
@@ -32,9 +32,7 @@ class EncodedExample:
         if not isolate:
             return list(range(len(self.ids)))
         func_seg = self.segments[self.readout] if self.readout >= 0 else None
-        counts: dict[int, int] = {}
-        for s in self.segments:
-            counts[s] = counts.get(s, 0) + 1
+        counts = Counter(self.segments)
         func_start = max((n for s, n in counts.items() if s != func_seg), default=0)
         pos, seen = [], {}
         for s in self.segments:
@@ -81,10 +79,8 @@ class Encoder:
         tag_offsets: dict[str, int],
         placeholder_id: int,
         policy: LengthPolicy | None = None,
-        isolate: bool = False,
     ):
         self.policy = policy or LengthPolicy()
-        self.isolate = isolate
         self.tokenizer = tokenizer
         self.specs = specs
         self.offsets = tag_offsets
@@ -105,8 +101,7 @@ class Encoder:
                 raise InputError(f"unknown tag <{p.value}>; known tags: {sorted(self.specs)}", item=index)
         return parts
 
-    def encode(self, item, index: int = 0, isolate: bool | None = None) -> EncodedExample:
-        isolate = self.isolate if isolate is None else isolate
+    def encode(self, item, index: int = 0, isolate: bool = False) -> EncodedExample:
         pieces = self._pieces(self.parts(item, index))
         ex = self._assemble(pieces)
         policy = self.policy

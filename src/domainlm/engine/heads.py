@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -32,9 +32,6 @@ class HeadSpec:
                 raise DomainLMError(f"{len(self.classes)} class names given for n_classes={self.n_classes}")
         if not self.label_std > 0:
             raise DomainLMError(f"label_std must be positive, got {self.label_std}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class Head(nn.Module):

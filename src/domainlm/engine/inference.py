@@ -6,8 +6,9 @@ import numpy as np
 import torch
 
 from domainlm.engine.model import TaggedModel
+from domainlm.engine.reuse import reused_forward
 from domainlm.errors import DomainLMError
-from domainlm.progress import progress_bar
+from domainlm.progress import batches_by_length
 
 
 def to_device(batch: dict, device) -> dict:
@@ -21,7 +22,6 @@ def predict(
     *,
     isolate: bool,
     batch_size: int = 32,
-    padding_side: str = "right",
     description: str = "predicting",
     cache=None,
 ) -> np.ndarray:
@@ -29,25 +29,20 @@ def predict(
     With a `SpanCache` (isolated, frozen spans) only the function segments run through the model."""
     was_training = tm.training
     tm.eval()
-    order = sorted(range(len(inputs)), key=lambda i: len(tm.encoder.encode(inputs[i], i).ids))
+    lengths = [len(tm.encoder.encode(x, i).ids) for i, x in enumerate(inputs)]
     outs: dict[int, np.ndarray] = {}
-    with progress_bar(total=len(inputs), description=description) as bar:
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
-            if cache is not None:
-                from domainlm.engine.reuse import reused_forward
-
-                pred = reused_forward(tm, cache, [inputs[i] for i in idx]).predictions
-            else:
-                batch = tm.encode([inputs[i] for i in idx], isolate=isolate, padding_side=padding_side)
-                pred = tm(**to_device(batch, tm.device)).predictions
-            if pred is None:
-                raise DomainLMError("these inputs do not end in a function tag with a head")
-            if pred.ndim == 2:
-                pred = pred.softmax(-1)
-            for i, p in zip(idx, pred.float().cpu().numpy()):
-                outs[i] = p
-            bar.update(min(s + batch_size, len(order)))
+    for idx in batches_by_length(lengths, batch_size, description):
+        if cache is not None:
+            pred = reused_forward(tm, cache, [inputs[i] for i in idx]).predictions
+        else:
+            batch = tm.encode([inputs[i] for i in idx], isolate=isolate, padding_side="right")
+            pred = tm(**to_device(batch, tm.device)).predictions
+        if pred is None:
+            raise DomainLMError("these inputs do not end in a function tag with a head")
+        if pred.ndim == 2:
+            pred = pred.softmax(-1)
+        for i, p in zip(idx, pred.float().cpu().numpy()):
+            outs[i] = p
     tm.train(was_training)
     return np.stack([outs[i] for i in range(len(inputs))])
 
@@ -60,9 +55,8 @@ def lm_loss(tm: TaggedModel, inputs: list, batch_size: int = 32) -> float:
     total, count = 0.0, 0
     for s in range(0, len(inputs), batch_size):
         batch = to_device(tm.encode(inputs[s : s + batch_size], lm_labels=True), tm.device)
-        out = tm(**batch)
-        n = int((batch["lm_labels"][:, 1:] != -100).sum())
-        total += float(out.lm_loss) * n
+        n = int((batch["lm_labels"][:, 1:] != -100).sum())  # the tokens the loss averages over
+        total += float(tm(**batch).lm_loss) * n
         count += n
     tm.train(was_training)
     return total / max(1, count)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from domainlm import io
+from domainlm.cache import file_sha256
 from domainlm.engine.tags import TagSpec
 from domainlm.errors import DomainLMError, IncompatibleTagsError
 
@@ -56,7 +56,7 @@ class TagLibrary:
         directory.mkdir(parents=True, exist_ok=True)
         with io.atomic_path(directory / TENSORS_NAME) as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in self.tensors.items()}, str(tmp))
-            digest = _sha256(tmp)
+            digest = file_sha256(tmp)
         meta = {
             "format_version": FORMAT_VERSION,
             "base_model": self.base_model,
@@ -84,7 +84,7 @@ class TagLibrary:
             raise DomainLMError(f"{meta_path}: not valid JSON ({e})") from e
         if meta.get("format_version") != FORMAT_VERSION:
             raise DomainLMError(f"{meta_path}: unsupported format version {meta.get('format_version')!r}")
-        if meta.get("tensors_sha256") and meta["tensors_sha256"] != _sha256(tensor_path):
+        if meta.get("tensors_sha256") and meta["tensors_sha256"] != file_sha256(tensor_path):
             raise DomainLMError(
                 f"{tensor_path} does not match the checksum in {meta_path} (mixed or corrupt copy)"
             )
@@ -175,11 +175,3 @@ def _resolve(name: str, old: TagLibrary, new: TagLibrary, on_conflict) -> TagLib
         f"tag {name!r} has different values in {old.source} and {new.source}; say which wins "
         f"(on_conflict='first'|'last' or {{'{name}': <library dir>}}; CLI: --prefer {name}=<dir>)"
     )
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from domainlm.backbone import is_causal_lm, load, max_positions
+from domainlm.batching import pad_batch
 from domainlm.engine import attention
 from domainlm.engine.encoding import IGNORE, EncodedExample, Encoder, LengthPolicy
 from domainlm.engine.heads import Head, HeadSpec
@@ -26,7 +27,6 @@ class TaggedOutput:
     predictions: torch.Tensor | None = None  # regression values in label units, or class logits
     task_loss: torch.Tensor | None = None
     lm_loss: torch.Tensor | None = None
-    hidden: torch.Tensor | None = None  # final hidden state at the readout position
     logits: torch.Tensor | None = None  # LM logits, when asked for
 
 
@@ -126,26 +126,12 @@ class TaggedModel(nn.Module):
         self._encoder = None
 
     # ---- what trains ------------------------------------------------------------------------------------
-    def set_trainable(
-        self,
-        *,
-        domain: bool | None = None,
-        function: bool | None = None,
-        names: Sequence[str] | None = None,
-        heads: bool | None = None,
-    ) -> None:
-        for name, spec in self.specs.items():
-            want = {"domain": domain, "function": function}[spec.kind]
-            if names is not None:
-                want = name in names
-            if want is not None:
-                self.tag_vectors[name].requires_grad_(want)
-                if name in self.heads and heads is None:
-                    for p in self.heads[name].parameters():
-                        p.requires_grad_(want)
-        if heads is not None:
-            for p in self.heads.parameters():
-                p.requires_grad_(heads)
+    def set_trainable(self, names: Sequence[str]) -> None:
+        """Train exactly the tags `names` and their heads; every other tag and head is frozen."""
+        for name in self.specs:
+            self.tag_vectors[name].requires_grad_(name in names)
+            if name in self.heads:
+                self.heads[name].requires_grad_(name in names)
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
@@ -187,7 +173,6 @@ class TaggedModel(nn.Module):
         isolate: bool = False,
         padding_side: str | None = None,
         lm_labels: bool = False,
-        max_length: int | None = None,
     ) -> dict:
         """Tensors for `self(**batch)`. `inputs` are strings with <Tag> markers or rendered template parts.
 
@@ -195,7 +180,7 @@ class TaggedModel(nn.Module):
         if isinstance(inputs, str):
             inputs = [inputs]
         examples = [self.encoder.encode(item, i, isolate) for i, item in enumerate(inputs)]
-        limit = max_length or self.max_positions
+        limit = self.max_positions
         for i, ex in enumerate(examples):
             top = max(ex.positions(isolate), default=0)
             if limit and top >= limit:
@@ -212,14 +197,12 @@ class TaggedModel(nn.Module):
             isolate=isolate,
             lm_labels=lm_labels and self.causal,
         )
-        function_tags = {ex.function_tag for ex in examples}
         if labels is not None:
             if len(labels) != len(examples):
                 raise InputError(f"{len(labels)} labels for {len(examples)} inputs")
-            if None in function_tags or len(function_tags) != 1:
+            if batch["head"] is None:  # not one function tag for all
                 raise InputError("labelled inputs must all end in the same function tag")
-            name = function_tags.pop()
-            batch["labels"] = self.label_tensor(name, labels)
+            batch["labels"] = self.label_tensor(batch["head"], labels)
         return batch
 
     def label_tensor(self, function_tag: str, labels) -> torch.Tensor:
@@ -305,17 +288,13 @@ class TaggedModel(nn.Module):
         if head is not None:
             rows = torch.arange(hidden.shape[0], device=hidden.device)
             self.apply_head(out, head, hidden[rows, readout_index], labels)
-        losses = [
-            x
-            for x in (out.task_loss, None if out.lm_loss is None else lm_weight * out.lm_loss)
-            if x is not None
-        ]
-        out.loss = sum(losses) if losses else None
+        if out.lm_loss is not None:  # else the loss is the task loss `apply_head` set, if any
+            weighted = lm_weight * out.lm_loss
+            out.loss = weighted if out.task_loss is None else out.task_loss + weighted
         return out
 
     def apply_head(self, out: TaggedOutput, head: str, hidden: torch.Tensor, labels=None) -> TaggedOutput:
         module = self.heads[head]
-        out.hidden = hidden
         raw = module(hidden)
         out.predictions = module.predictions(raw)
         if labels is not None:
@@ -327,26 +306,6 @@ class TaggedModel(nn.Module):
     def fingerprint(self) -> dict:
         return embedding_fingerprint(self.base.get_input_embeddings().weight)
 
-    def to_library(
-        self, names: Sequence[str] | None = None, training: dict | None = None, metrics: dict | None = None
-    ) -> TagLibrary:
-        names = list(names or self.specs)
-        tensors = {}
-        for n in names:
-            tensors[f"tag.{n}"] = self.tag_vectors[n].detach().float().cpu()
-            if n in self.heads:
-                for k, v in self.heads[n].state_dict().items():
-                    tensors[f"head.{n}.{k}"] = v.detach().float().cpu()
-        return TagLibrary(
-            self.name,
-            self.fingerprint(),
-            self.hidden_size,
-            {n: self.specs[n] for n in names},
-            tensors,
-            training=training or {},
-            metrics=metrics or {},
-        )
-
     def save_tags(
         self,
         directory: str | Path,
@@ -355,7 +314,18 @@ class TaggedModel(nn.Module):
         training: dict | None = None,
         metrics: dict | None = None,
     ) -> Path:
-        return self.to_library(names, training, metrics).save(directory)
+        """Write the tags `names` (default all) and their heads as a tag library."""
+        names = list(names or self.specs)
+        tensors = {}
+        for n in names:
+            tensors[f"tag.{n}"] = self.tag_vectors[n].detach().float().cpu()
+            if n in self.heads:
+                for k, v in self.heads[n].state_dict().items():
+                    tensors[f"head.{n}.{k}"] = v.detach().float().cpu()
+        specs = {n: self.specs[n] for n in names}
+        library = TagLibrary(self.name, self.fingerprint(), self.hidden_size, specs, tensors)
+        library.training, library.metrics = training or {}, metrics or {}
+        return library.save(directory)
 
     def load_tags(self, *directories: str | Path, on_conflict: str | dict = "error") -> TagLibrary:
         """Load and merge tag libraries; tags made for another base model are refused."""
@@ -365,8 +335,7 @@ class TaggedModel(nn.Module):
         merged = merge_libraries(libs, on_conflict) if len(libs) > 1 else libs[0]
         for name, spec in merged.specs.items():
             parts = merged.tensors_for(name)
-            vectors = parts.pop("tag")
-            self._install(spec, vectors, parts or None)
+            self._install(spec, parts.pop("tag"), parts or None)  # what remains: the head's weights, if any
         return merged
 
 
@@ -376,33 +345,28 @@ def collate_examples(
     if padding_side not in {"left", "right"}:
         raise DomainLMError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     length = max(len(ex.ids) for ex in examples)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    rows = {k: [] for k in ("input_ids", "attention_mask", "tag_index", "position_ids", "segment_ids")}
-    readout, func_seg, lm = [], [], []
+    features = []
     for ex in examples:
-        n = length - len(ex.ids)
-        left = n if padding_side == "left" else 0
-
-        def padded(values, fill, n=n):
-            return [fill] * n + values if padding_side == "left" else values + [fill] * n
-
-        rows["input_ids"].append(padded(ex.ids, pad))
-        rows["attention_mask"].append(padded([1] * len(ex.ids), 0))
-        rows["tag_index"].append(padded(ex.tag_slots, -1))
-        rows["position_ids"].append(padded(ex.positions(isolate), 0))
-        rows["segment_ids"].append(padded(ex.segments, -1))
-        readout.append(ex.readout + left if ex.readout >= 0 else 0)
-        func_seg.append(ex.segments[ex.readout] if ex.readout >= 0 else -1)
-        if lm_labels:
-            lm.append(padded([t if s < 0 else IGNORE for t, s in zip(ex.ids, ex.tag_slots)], IGNORE))
-    batch = {k: torch.tensor(v, dtype=torch.long) for k, v in rows.items()}
+        features.append(
+            {
+                "input_ids": ex.ids,
+                "tag_index": ex.tag_slots,
+                "position_ids": ex.positions(isolate),
+                "segment_ids": ex.segments,
+            }
+        )
+        if lm_labels:  # the next-token loss covers text, never tag slots
+            features[-1]["lm_labels"] = [t if s < 0 else IGNORE for t, s in zip(ex.ids, ex.tag_slots)]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batch = pad_batch(features, pad, side=padding_side)
+    shift = [length - len(ex.ids) if padding_side == "left" else 0 for ex in examples]
+    readout = [ex.readout + n if ex.readout >= 0 else 0 for ex, n in zip(examples, shift)]
     batch["readout_index"] = torch.tensor(readout, dtype=torch.long)
+    func_seg = [ex.segments[ex.readout] if ex.readout >= 0 else -1 for ex in examples]
     batch["function_segment"] = torch.tensor(func_seg, dtype=torch.long)
     heads = {ex.function_tag for ex in examples}
     batch["head"] = heads.pop() if len(heads) == 1 else None
     batch["isolate"] = isolate
-    if lm_labels:
-        batch["lm_labels"] = torch.tensor(lm, dtype=torch.long)
     return batch
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from domainlm.batching import pad_batch
 from domainlm.engine import attention
 from domainlm.engine.encoding import EncodedExample
 from domainlm.engine.model import TaggedModel, TaggedOutput
@@ -87,10 +88,6 @@ class SpanCache:
         self.bytes = 0
         self.stats = ReuseStats()
 
-    def clear(self) -> None:
-        self.store.clear()
-        self.bytes = 0
-
     def get(self, spans: list[tuple[SpanKey, list[int], list[int]]]) -> dict[SpanKey, list]:
         wanted = {key: (ids, slots) for key, ids, slots in spans}
         found = {}
@@ -123,16 +120,13 @@ class SpanCache:
     @torch.no_grad()
     def _compute(self, chunk) -> list[torch.Tensor]:
         tm = self.tm
-        device = tm.device
-        n = max(len(ids) for _, ids, _ in chunk)
-        pad = tm.encoder.placeholder
-        ids = torch.tensor([c[1] + [pad] * (n - len(c[1])) for c in chunk], device=device)
-        slots = torch.tensor([c[2] + [-1] * (n - len(c[2])) for c in chunk], device=device)
-        mask = torch.tensor([[1] * len(c[1]) + [0] * (n - len(c[1])) for c in chunk], device=device)
-        positions = torch.arange(n, device=device).expand(len(chunk), n)
+        features = [{"input_ids": ids, "tag_index": slots} for _, ids, slots in chunk]
+        batch = pad_batch(features, tm.encoder.placeholder, device=tm.device)
+        embeds, mask = tm.embed(batch["input_ids"], batch["tag_index"]), batch["attention_mask"]
+        positions = torch.arange(mask.shape[1], device=tm.device).expand(mask.shape)  # every span from 0
         record: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         with attention.override(attention.AttentionOverride(record=record)):
-            tm.backbone(inputs_embeds=tm.embed(ids, slots), attention_mask=mask, position_ids=positions)
+            tm.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
         self.stats.computed_tokens += int(mask.sum())
         layers = [record[layer] for layer in sorted(record)]
         # One [L, 2, KV, n, D] tensor per span, built from the recorded slices directly: stacking the whole
@@ -140,12 +134,9 @@ class SpanCache:
         out = []
         for i, c in enumerate(chunk):
             end = len(c[1])
-            span = torch.stack([torch.stack((k[i, :, :end], v[i, :, :end])) for k, v in layers])
-            out.append(self._keep(span))
+            span = torch.stack([torch.stack((k[i, :, :end], v[i, :, :end])) for k, v in layers]).detach()
+            out.append(span.to(self.dtype) if self.dtype is not None else span)
         return out
-
-    def _keep(self, t: torch.Tensor) -> torch.Tensor:
-        return t.detach().to(self.dtype) if self.dtype is not None else t.detach()
 
 
 def reused_forward(tm: TaggedModel, cache: SpanCache, inputs: list, labels=None) -> TaggedOutput:
@@ -161,20 +152,16 @@ def reused_forward(tm: TaggedModel, cache: SpanCache, inputs: list, labels=None)
     n_layers = next(iter(stored.values())).shape[0] if stored else 0
     prefix_len = [sum(len(ids) for _, ids, _ in spans) for spans, _ in split]
     P = max(prefix_len)
-    func = [
-        (ex.ids[start:], ex.tag_slots[start:], ex.positions(True)[start:], ex.readout - start)
-        for ex, (_, start) in zip(examples, split)
+    func = [  # the function segments: what runs through the layers
+        {"input_ids": ex.ids[s:], "tag_index": ex.tag_slots[s:], "position_ids": ex.positions(True)[s:]}
+        for ex, (_, s) in zip(examples, split)
     ]
-    Q = max(len(f[0]) for f in func)
-    B = len(examples)
-    pad = tm.encoder.placeholder
+    batch = pad_batch(func, tm.encoder.placeholder, device=device)
+    real_q = batch["attention_mask"].bool()
+    B, Q = real_q.shape
 
     prefix = _assemble(stored, split, P, device) if P and n_layers else []
 
-    ids = torch.tensor([f[0] + [pad] * (Q - len(f[0])) for f in func], device=device)
-    slots = torch.tensor([f[1] + [-1] * (Q - len(f[1])) for f in func], device=device)
-    pos = torch.tensor([f[2] + [0] * (Q - len(f[2])) for f in func], device=device)
-    real_q = torch.tensor([[1] * len(f[0]) + [0] * (Q - len(f[0])) for f in func], device=device).bool()
     real_p = torch.tensor([[1] * n + [0] * (P - n) for n in prefix_len], device=device).bool()
     own = real_q.unsqueeze(1).expand(B, Q, Q)
     if tm.causal:
@@ -185,9 +172,11 @@ def reused_forward(tm: TaggedModel, cache: SpanCache, inputs: list, labels=None)
     override = attention.AttentionOverride(mask=mask, prefix=prefix or None)
     with attention.override(override):
         hidden = tm.backbone(
-            inputs_embeds=tm.embed(ids, slots), attention_mask=real_q.long(), position_ids=pos
+            inputs_embeds=tm.embed(batch["input_ids"], batch["tag_index"]),
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
         ).last_hidden_state
-    readout = torch.tensor([f[3] for f in func], device=device)
+    readout = torch.tensor([ex.readout - start for ex, (_, start) in zip(examples, split)], device=device)
     rows = torch.arange(B, device=device)
     label_tensor = tm.label_tensor(head, labels) if labels is not None else None
     return tm.apply_head(TaggedOutput(), head, hidden[rows, readout], label_tensor)

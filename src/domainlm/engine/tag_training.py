@@ -16,6 +16,7 @@ import torch
 from domainlm.backbone import DTYPES
 from domainlm.engine.inference import to_device
 from domainlm.engine.model import TaggedModel
+from domainlm.engine.reuse import SpanCache, longest_span_key, reused_forward
 from domainlm.errors import DomainLMError
 from domainlm.training import TrainableMethod, TrainConfig, grouped_batches, length_bucketed_batches
 
@@ -84,24 +85,16 @@ class TagMethod(TrainableMethod):
         function_tag: str | None,
         domain_tags: list[str],
     ):
-        self.tm, self.config, self.split = tm, config, train
+        self.tm, self.module, self.config, self.split = tm, tm, config, train
         setup = configure(tm, config, function_tag, domain_tags)
         self.isolate, self.reuse = setup.isolate, setup.reuse
         self.cache = None
         if self.reuse:
-            from domainlm.engine.reuse import SpanCache
-
             budget = None if config.cache_budget_gb is None else int(config.cache_budget_gb * 2**30)
             dtype = DTYPES[config.cache_dtype] if config.cache_dtype else None
             self.cache = SpanCache(tm, budget_bytes=budget, dtype=dtype)
         self.n_examples = len(train)
         self.lengths = [len(tm.encoder.encode(x, i).ids) for i, x in enumerate(train.inputs)]
-
-    def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
-        return self.tm.trainable_parameters()
-
-    def train_mode(self, training: bool) -> None:
-        self.tm.train(training)
 
     def tokens(self, batch: list[int]) -> int:
         return sum(self.lengths[i] for i in batch)
@@ -109,8 +102,6 @@ class TagMethod(TrainableMethod):
     def batches(self, batch_size: int, seed: int) -> list[list[int]]:
         if self.reuse and self.config.cache_budget_gb is not None:
             # A bounded store: keep examples sharing their longest span (a protein) in one batch.
-            from domainlm.engine.reuse import longest_span_key
-
             keys = [longest_span_key(self.tm, x, i) for i, x in enumerate(self.split.inputs)]
             return grouped_batches(keys, batch_size, seed)
         return length_bucketed_batches(self.lengths, batch_size, seed)
@@ -120,8 +111,6 @@ class TagMethod(TrainableMethod):
         inputs = [split.inputs[i] for i in batch]
         labels = [split.labels[i] for i in batch] if split.labels is not None else None
         if self.reuse:
-            from domainlm.engine.reuse import reused_forward
-
             return reused_forward(self.tm, self.cache, inputs, labels).loss
         encoded = self.tm.encode(
             inputs,

@@ -35,9 +35,7 @@ class TagSpec:
             raise DomainLMError(f"tag {self.name}: only function tags carry a head")
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["head"] = self.head.to_dict() if self.head else None
-        return d
+        return asdict(self)  # the head too, as a plain dict
 
     @classmethod
     def from_dict(cls, d: dict) -> TagSpec:

@@ -40,15 +40,9 @@ class Template:
             )
         self.function_tag = self.markers[-1]
         self.domain_tags = list(dict.fromkeys(self.markers[:-1]))
-        self.fields = list(
-            dict.fromkeys(
-                name
-                for kind, v in self._pieces
-                if kind == "text"
-                for _, name, _, _ in string.Formatter().parse(v)
-                if name
-            )
-        )
+        texts = [v for kind, v in self._pieces if kind == "text"]
+        names = [name for v in texts for _, name, _, _ in string.Formatter().parse(v) if name]
+        self.fields = list(dict.fromkeys(names))  # in order of first use
 
     def __repr__(self) -> str:
         return f"Template({self.text!r})"
@@ -99,10 +93,13 @@ class Template:
         return None
 
 
-def _split_markers(text: str) -> list[tuple[str, str]]:
+def _split_markers(text: str, known=None) -> list[tuple[str, str]]:
+    """("text", ...) and ("tag", name) pieces; with `known`, markers of other names stay text."""
     pieces: list[tuple[str, str]] = []
     pos = 0
     for m in TAG_MARKER.finditer(text):
+        if known is not None and m.group(1) not in known:
+            continue
         if m.start() > pos:
             pieces.append(("text", text[pos : m.start()]))
         pieces.append(("tag", m.group(1)))
@@ -128,16 +125,11 @@ def parse_marked_text(text: str, known_tags) -> list[Part]:
     Only registered tag names count as markers; any other `<...>` stays text. The first
     whitespace-delimited word after a domain marker (trailing `.,;:` aside) is that domain's data span."""
     parts: list[Part] = []
-    pos = 0
-    for m in TAG_MARKER.finditer(text):
-        if m.group(1) not in known_tags:
-            continue
-        if m.start() > pos:
-            parts.extend(_after_marker(parts, text[pos : m.start()]))
-        parts.append(Part("tag", m.group(1)))
-        pos = m.end()
-    if pos < len(text):
-        parts.extend(_after_marker(parts, text[pos:]))
+    for kind, value in _split_markers(text, known_tags):
+        if kind == "tag":
+            parts.append(Part("tag", value))
+        else:
+            parts.extend(_after_marker(parts, value))
     return parts
 
 

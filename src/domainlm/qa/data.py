@@ -40,9 +40,6 @@ class QAItem:
     source: str = "original"  # "original" | "rewrite" | "new"
     parent_id: str | None = None  # for generated items: the training item it came from
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
     @classmethod
     def from_dict(
         cls, d, *, source: str | os.PathLike | None = None, line: int | str | None = None
@@ -52,7 +49,7 @@ class QAItem:
         where = {"source": str(source) if source is not None else None, "item": item}
         if not isinstance(d, dict):
             raise InputError(f"expected a JSON object, got {type(d).__name__}", **where)
-        question = _text(d.get("question"))
+        question = stripped(d.get("question"))
         context = _context(d)
         label_key = next((k for k in _LABEL_KEYS if d.get(k) is not None), None)
         missing = [name for name, value in (("question", question), ("context", context)) if not value]
@@ -71,7 +68,7 @@ class QAItem:
             if not isinstance(line, int):
                 raise InputError("missing field 'id'", **where)
             item_id = f"line{line}"
-        long_answer = _text(d.get("long_answer")) or None
+        long_answer = stripped(d.get("long_answer")) or None
         parent = d.get("parent_id")
         return cls(
             id=str(item_id).strip(),
@@ -84,7 +81,8 @@ class QAItem:
         )
 
 
-def _text(value) -> str:
+def stripped(value) -> str:
+    """A string value without surrounding whitespace; anything else is empty."""
     return value.strip() if isinstance(value, str) else ""
 
 
@@ -108,8 +106,8 @@ class QASplits:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def read_qa_jsonl(path: str | os.PathLike, *, allow_empty: bool = False) -> list[QAItem]:
-    """Items of a QA JSONL file; bad lines, duplicate ids and (unless allowed) an empty file are errors."""
+def read_qa_jsonl(path: str | os.PathLike) -> list[QAItem]:
+    """Items of a QA JSONL file; bad lines, duplicate ids and an empty file are errors."""
     path = Path(path)
     if not path.is_file():
         raise InputError("QA file not found", source=str(path))
@@ -125,14 +123,14 @@ def read_qa_jsonl(path: str | os.PathLike, *, allow_empty: bool = False) -> list
             )
         seen[item.id] = number
         items.append(item)
-    if not items and not allow_empty:
+    if not items:
         raise InputError("the QA file holds no items", source=str(path))
     return items
 
 
 def write_qa_jsonl(path: str | os.PathLike, items) -> None:
     """Write items one per line, atomically."""
-    io.write_jsonl(path, (item.to_dict() for item in items))
+    io.write_jsonl(path, (asdict(item) for item in items))
 
 
 def load_qa_dir(path: str | os.PathLike) -> QASplits:
@@ -214,11 +212,8 @@ def load_pubmedqa(data_dir: str | os.PathLike, split: str = "official", fold: in
 def _fold_indices(labels: list[str], fold: int) -> list[int]:
     from sklearn.model_selection import StratifiedKFold
 
-    folds = StratifiedKFold(N_FOLDS, shuffle=True, random_state=0).split(labels, labels)
-    for k, (_, held) in enumerate(folds):
-        if k == fold:
-            return sorted(int(i) for i in held)
-    raise AssertionError("unreachable")
+    _, held = list(StratifiedKFold(N_FOLDS, shuffle=True, random_state=0).split(labels, labels))[fold]
+    return sorted(int(i) for i in held)
 
 
 def _read_pqal(path: Path) -> list[QAItem]:

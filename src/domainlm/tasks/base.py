@@ -113,8 +113,3 @@ def get_task(name: str) -> TaskSpec:
     if name not in _REGISTRY:
         raise DomainLMError(f"unknown task {name!r}; presets: {', '.join(sorted(_REGISTRY)) or 'none'}")
     return _REGISTRY[name]
-
-
-def task_names() -> list[str]:
-    _load_presets()
-    return sorted(_REGISTRY)

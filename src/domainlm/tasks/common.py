@@ -34,6 +34,16 @@ def resolve_dataset_dir(data_dir, subdir: str, marker: str) -> Path:
     raise InputError(f"found neither {root / marker} nor {root / subdir / marker}", source=str(root))
 
 
+def shuffled_split(items: list, seed: int, fractions=(0.8, 0.1, 0.1)) -> dict[str, list]:
+    """`items` shuffled by `random.Random(seed)`, then cut: the first int(fractions[0] n) train, the next
+    int(fractions[1] n) validation, the rest test."""
+    items = list(items)
+    random.Random(seed).shuffle(items)
+    n_train = int(len(items) * fractions[0])
+    n_eval = n_train + int(len(items) * fractions[1])
+    return {"train": items[:n_train], "val": items[n_train:n_eval], "test": items[n_eval:]}
+
+
 def limit_examples(examples: list[Example], limit: int | None, seed: int = 0) -> list[Example]:
     """At most `limit` examples, drawn at random with a fixed seed and kept in their order (for smoke runs:
     the first rows of a sorted file would cover only a few drugs)."""

@@ -8,18 +8,19 @@ Labels are computed, never shipped, and cached per file hash because QED over 12
 
 from __future__ import annotations
 
+import json
 import logging
-import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 from domainlm import cache, io
 from domainlm.errors import InputError
 from domainlm.features import AMINO_ACIDS, parse_smiles
 from domainlm.tasks.base import Example, TaskData, TaskSpec, register_task
-from domainlm.tasks.common import data_root
+from domainlm.tasks.common import data_root, shuffled_split
 from domainlm.tasks.featurizers import Featurizer, protein_blocks, smiles_blocks
 
 log = logging.getLogger("domainlm.tasks")
@@ -72,27 +73,13 @@ def blosum1_label(sequence: str) -> float:
     return float(peptides.Peptide(sequence).blosum_indices().blosum1)
 
 
-def _library_version(module: str) -> str:
-    from importlib.metadata import version
-
-    return version(module)
-
-
 # --- split ---------------------------------------------------------------------------------------------
 
 
 def split_unique(values: Sequence[str], seed: int = 0, fractions=SPLIT_FRACTIONS) -> dict[str, list[str]]:
     """Sorted unique values shuffled by `random.Random(seed)`; the first int(0.8 n) train, the next
     int(0.1 n) validation, the rest test."""
-    items = sorted(set(values))
-    random.Random(seed).shuffle(items)
-    n_train = int(len(items) * fractions[0])
-    n_val = int(len(items) * fractions[1])
-    return {
-        "train": items[:n_train],
-        "val": items[n_train : n_train + n_val],
-        "test": items[n_train + n_val :],
-    }
+    return shuffled_split(sorted(set(values)), seed, fractions)
 
 
 # --- loading -------------------------------------------------------------------------------------------
@@ -107,8 +94,6 @@ def corpus_file(data_dir, name: str) -> Path:
 
 def _read_id_table(path: Path) -> dict[str, str]:
     """A JSON object id -> string, as the DTC corpora are stored."""
-    import json
-
     try:
         table = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:
@@ -131,9 +116,12 @@ class LabelTable:
         self, path: Path, name: str, compute: Callable[[str], float], check, library: str, cache_root=None
     ):
         self.compute, self.check = compute, check
-        key = f"{name}-{_library_version(library)}-{cache.file_sha256(path)[:20]}"
+        key = f"{name}-{version(library)}-{cache.file_sha256(path)[:20]}"
         self.file = cache.cache_dir(cache_root) / "labels" / f"{key}.json"
-        self.entries: dict[str, dict] = cache.read_json(self.file) or {}
+        try:  # an absent or unreadable cache file is recomputed
+            self.entries: dict[str, dict] = json.loads(self.file.read_text(encoding="utf-8")) or {}
+        except (OSError, ValueError):
+            self.entries = {}
         self._dirty = False
 
     def get(self, value: str) -> dict:
@@ -155,68 +143,13 @@ class LabelTable:
             self._dirty = False
 
 
-def load_corpus_task(
-    path: Path,
-    *,
-    field: str,
-    labels: LabelTable,
-    what: str,
-    max_chars: int | None = None,
-    limit_train: int | None = None,
-    limit_eval: int | None = None,
-    skip_invalid: bool = False,
-) -> TaskData:
-    """The shared recipe of the property presets over a JSON object id -> input string."""
-    table = _read_id_table(path)
-    first_id: dict[str, str] = {}
-    for item_id, value in table.items():
-        first_id.setdefault(value, item_id)
-    splits = split_unique(list(first_id))
-    skipped: Counter = Counter()
-    out: dict[str, list[Example]] = {}
-    for split, values in splits.items():
-        limit = limit_train if split == "train" else limit_eval
-        rows: list[Example] = []
-        for value in values:
-            if limit is not None and len(rows) >= limit:
-                break
-            if max_chars is not None and len(value) > max_chars:
-                skipped["too_long"] += 1
-                continue
-            entry = labels.get(value)
-            if "invalid" in entry:
-                if not skip_invalid:
-                    labels.save()
-                    raise InputError(
-                        f"{entry['invalid']} (pass --skip-invalid to skip such {what}s, counted)",
-                        source=str(path),
-                        item=first_id[value],
-                    )
-                skipped["invalid"] += 1
-                continue
-            rows.append(Example(id=first_id[value], fields={field: value}, label=entry["label"]))
-        out[split] = rows
-    labels.save()
-    if skipped:
-        log.warning("%s: skipped %s", path, dict(skipped))
-    info = {
-        "source": str(path),
-        "n_items": len(table),
-        "n_unique": len(first_id),
-        "unique_split_sizes": {k: len(v) for k, v in splits.items()},
-        "max_chars": max_chars,
-        "limit_train": limit_train,
-        "limit_eval": limit_eval,
-    }
-    return TaskData(train=out["train"], val=out["val"], test=out["test"], skipped=skipped, info=info)
-
-
 _PRESET_DEFAULT = object()
 
 
 @dataclass(frozen=True)
 class CorpusLoader:
-    """A property preset's loader: a JSON corpus id -> input under corpora/, and one computed label."""
+    """A property preset's loader (the presets' shared recipe): a JSON corpus id -> input under corpora/,
+    and one computed label."""
 
     file: str
     field: str  # the template field the input fills
@@ -240,16 +173,49 @@ class CorpusLoader:
     ) -> TaskData:
         path = corpus_file(data_dir, self.file)
         labels = LabelTable(path, self.label, self.compute, self.check, self.library, cache_dir)
-        return load_corpus_task(
-            path,
-            field=self.field,
-            labels=labels,
-            what=self.what,
-            max_chars=self.max_chars if max_chars is _PRESET_DEFAULT else max_chars,
-            limit_train=limit_train,
-            limit_eval=limit_eval,
-            skip_invalid=skip_invalid,
-        )
+        max_chars = self.max_chars if max_chars is _PRESET_DEFAULT else max_chars
+        table = _read_id_table(path)
+        first_id: dict[str, str] = {}
+        for item_id, value in table.items():
+            first_id.setdefault(value, item_id)
+        splits = split_unique(list(first_id))
+        skipped: Counter = Counter()
+        out: dict[str, list[Example]] = {}
+        for split, values in splits.items():
+            limit = limit_train if split == "train" else limit_eval
+            rows: list[Example] = []
+            for value in values:
+                if limit is not None and len(rows) >= limit:
+                    break
+                if max_chars is not None and len(value) > max_chars:
+                    skipped["too_long"] += 1
+                    continue
+                entry = labels.get(value)
+                if "invalid" in entry:
+                    if not skip_invalid:
+                        labels.save()
+                        raise InputError(
+                            f"{entry['invalid']} (pass --skip-invalid to skip such {self.what}s, counted)",
+                            source=str(path),
+                            item=first_id[value],
+                        )
+                    skipped["invalid"] += 1
+                    continue
+                rows.append(Example(id=first_id[value], fields={self.field: value}, label=entry["label"]))
+            out[split] = rows
+        labels.save()
+        if skipped:
+            log.warning("%s: skipped %s", path, dict(skipped))
+        info = {
+            "source": str(path),
+            "n_items": len(table),
+            "n_unique": len(first_id),
+            "unique_split_sizes": {k: len(v) for k, v in splits.items()},
+            "max_chars": max_chars,
+            "limit_train": limit_train,
+            "limit_eval": limit_eval,
+        }
+        return TaskData(train=out["train"], val=out["val"], test=out["test"], skipped=skipped, info=info)
 
 
 load_qed = CorpusLoader("dtc_ligands.json", "smiles", "molecule", "qed", qed_label, smiles_problem, "rdkit")

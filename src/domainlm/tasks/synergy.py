@@ -92,26 +92,22 @@ class _Skip(Exception):
 def _example(row: dict, line: int, smiles: dict, invalid_drugs: set, source: str) -> tuple[Example, int]:
     row_id = row.get("") or f"line {line}"
     item = f"line {line} ({row_id})"
+
+    def skip(reason: str, message: str) -> _Skip:
+        return _Skip(reason, InputError(message, source=source, item=item))
+
     for column in ("drug_a_name", "drug_b_name"):
         drug = row[column].strip()
         if drug not in smiles:
-            raise _Skip(
-                "unknown_drug",
-                InputError(f"unknown drug {drug!r}: not in {DRUGS_FILE}", source=source, item=item),
-            )
+            raise skip("unknown_drug", f"unknown drug {drug!r}: not in {DRUGS_FILE}")
         if drug in invalid_drugs:
-            raise _Skip(
-                "invalid_smiles", InputError(f"drug {drug!r} has an invalid SMILES", source=source, item=item)
-            )
+            raise skip("invalid_smiles", f"drug {drug!r} has an invalid SMILES")
     try:
         label = float(row["synergy"])
     except ValueError:
         label = math.nan
     if not math.isfinite(label):
-        raise _Skip(
-            "invalid_label",
-            InputError(f"synergy {row['synergy']!r} is not a number", source=source, item=item),
-        )
+        raise skip("invalid_label", f"synergy {row['synergy']!r} is not a number")
     try:
         row_fold = int(row["fold"])
     except ValueError:
@@ -122,7 +118,7 @@ def _example(row: dict, line: int, smiles: dict, invalid_drugs: set, source: str
         )
     cell_line = row["cell_line"].strip()
     if not cell_line:
-        raise _Skip("invalid_cell_line", InputError("empty cell line", source=source, item=item))
+        raise skip("invalid_cell_line", "empty cell line")
     drug_a, drug_b = row["drug_a_name"].strip(), row["drug_b_name"].strip()
     fields = {
         "drug_a": drug_a,

@@ -11,7 +11,6 @@ import csv
 import logging
 import math
 import os
-import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,19 +20,15 @@ from domainlm.errors import InputError
 from domainlm.features import check_protein, parse_smiles
 from domainlm.io import read_jsonl_objects
 from domainlm.tasks.base import Example, TaskData
+from domainlm.tasks.common import shuffled_split
 
 log = logging.getLogger("domainlm.tasks")
 
 # Domain tag -> check of the data span that follows it (raises InputError); the paper's two domains.
 SPAN_CHECKS = {"SMILES": parse_smiles, "Protein": check_protein}
-SPLIT_NAMES = {
-    "train": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "dev": "val",
-    "test": "test",
-}
+# What a split column may say, and the split it means.
+VAL_NAMES = ("val", "valid", "validation", "dev")
+SPLIT_NAMES = {"train": "train", **dict.fromkeys(VAL_NAMES, "val"), "test": "test"}
 
 
 @dataclass
@@ -244,14 +239,7 @@ def load_table_task(
         (examples[which] if which else unsplit).append(example)
 
     if unsplit:
-        random.Random(seed).shuffle(unsplit)
-        n_train = int(len(unsplit) * split[0])
-        n_val = int(len(unsplit) * split[1])
-        examples = {
-            "train": unsplit[:n_train],
-            "val": unsplit[n_train : n_train + n_val],
-            "test": unsplit[n_train + n_val :],
-        }
+        examples = shuffled_split(unsplit, seed, split)
     if skipped:
         log.warning("%s: skipped %s", path, dict(skipped))
     if not examples["train"]:

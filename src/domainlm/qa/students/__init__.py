@@ -2,20 +2,9 @@
 write "the answer to the question given the context is {label}.", and classification students (sequence
 classification + LoRA, or a function tag) for encoders; training, evaluation and comparison tables."""
 
-from domainlm.qa.students.answers import ANSWER_PHRASE, ParsedAnswer, answer_sentence, parse_answer
-from domainlm.qa.students.config import Decoding, StudentConfig
+from domainlm.qa.students.config import StudentConfig
 
-__all__ = [
-    "ANSWER_PHRASE",
-    "Decoding",
-    "ParsedAnswer",
-    "StudentConfig",
-    "answer_sentence",
-    "compare_runs",
-    "evaluate_run",
-    "finetune",
-    "parse_answer",
-]
+__all__ = ["StudentConfig", "compare_runs", "evaluate_run", "finetune"]
 
 
 def __getattr__(name):

@@ -52,16 +52,13 @@ class Student:
     """A frozen base model plus trainable adapter weights, able to train on and answer QA items.
 
     Subclasses set `kind` ("generative" writes an answer sentence, "classifier" picks one of three labels) and
-    implement building, encoding, loss, prediction and saving."""
+    implement building, encoding, loss and prediction; saving is the peft adapter's unless overridden."""
 
     method: ClassVar[str]
     kind: ClassVar[str]
 
     def __init__(self, config, model, tokenizer, device):
-        self.config = config
-        self.model = model
-        self.tokenizer = tokenizer
-        self.device = device
+        self.config, self.model, self.tokenizer, self.device = config, model, tokenizer, device
 
     @classmethod
     def build(cls, config) -> Student:
@@ -75,19 +72,23 @@ class Student:
     def collate(self, features: list[dict]) -> dict:
         raise NotImplementedError
 
+    def forward(self, batch: dict):
+        """The model on a collated batch, its tensors moved to the student's device."""
+        return self.model(**{k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items()})
+
     def loss(self, batch: dict):
-        raise NotImplementedError
+        return self.forward(batch).loss
 
     def predict(self, items, decoding=None) -> list[Prediction]:
         raise NotImplementedError
 
     def save(self, directory: Path) -> None:
-        """Write only the trained weights (and their config) into `directory`."""
-        raise NotImplementedError
+        """Write only the trained weights (and their config) into `directory`: here, the peft adapter."""
+        self.model.save_pretrained(directory)
 
     def load_weights(self, directory: Path) -> None:
         """Load weights written by `save` into this student."""
-        raise NotImplementedError
+        load_adapter(self.model, directory)
 
     def n_tokens(self, features: dict) -> int:
         """Input positions of one encoded example, for throughput."""
@@ -100,3 +101,23 @@ class Student:
         trainable = sum(p.numel() for p in self.trainable_parameters().values())
         total = sum(p.numel() for p in self.model.parameters())
         return {"trainable": trainable, "total": total}
+
+
+def load_adapter(model, directory: Path) -> None:
+    """Put adapter weights saved by peft's save_pretrained into an already wrapped model."""
+    from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+    if not (Path(directory) / "adapter_config.json").is_file():
+        raise InputError("no adapter found (adapter_config.json missing)", source=str(directory))
+    try:
+        result = set_peft_model_state_dict(model, load_peft_weights(str(directory), device="cpu"))
+    except RuntimeError as e:  # shape mismatch: an adapter for another model or rank
+        raise InputError(
+            f"the adapter does not fit this model: {str(e).splitlines()[0]}", source=str(directory)
+        ) from None
+    # Prompt-learning weights load through the prompt encoder and show up as "unexpected" here.
+    unexpected = [k for k in result.unexpected_keys if k != "prompt_embeddings"]
+    if unexpected:
+        raise InputError(
+            f"the adapter does not fit this model: unexpected weights {unexpected[:3]}", source=str(directory)
+        )

@@ -10,9 +10,10 @@ import torch
 
 from domainlm import backbone
 from domainlm.batching import pad_batch
+from domainlm.engine.library import TagLibrary
+from domainlm.engine.model import TaggedModel
 from domainlm.qa.data import LABELS
 from domainlm.qa.students.base import EncodedItem, Prediction, Student, register_method
-from domainlm.qa.students.generative import load_adapter
 from domainlm.qa.students.prompts import fit_prompt
 
 LABEL_INDEX = {label: i for i, label in enumerate(LABELS)}
@@ -22,9 +23,16 @@ class ClassifierStudent(Student):
     kind = "classifier"
     reserved_tokens = 0  # input positions the method adds itself (e.g. tag vectors)
 
-    def _text(self, item) -> tuple[str, bool]:
+    def encode(self, item, *, train: bool) -> EncodedItem:
         fitted = fit_prompt(self.tokenizer, item, self.config.max_length - self.reserved_tokens)
-        return fitted.text, fitted.truncated
+        features = self.features(fitted.text)
+        if train:
+            features["labels"] = LABEL_INDEX[item.label]
+        return EncodedItem(features, fitted.truncated)
+
+    def features(self, text: str) -> dict:
+        """What the method's model reads of the prompt text."""
+        raise NotImplementedError
 
     def logits(self, batch: dict):
         raise NotImplementedError
@@ -70,29 +78,16 @@ class SeqClsLoraStudent(ClassifierStudent):
         )
         return cls(config, get_peft_model(loaded.model, lora).to(device), loaded.tokenizer, device)
 
-    def encode(self, item, *, train: bool) -> EncodedItem:
-        text, truncated = self._text(item)
+    def features(self, text: str) -> dict:
         features = dict(self.tokenizer(text, truncation=True, max_length=self.config.max_length))
         features.pop("offset_mapping", None)
-        if train:
-            features["labels"] = LABEL_INDEX[item.label]
-        return EncodedItem(features, truncated)
+        return features
 
     def collate(self, features: list[dict]) -> dict:
         return pad_batch(features, self.tokenizer.pad_token_id)
 
-    def loss(self, batch: dict):
-        return self.model(**{k: v.to(self.device) for k, v in batch.items()}).loss
-
     def logits(self, batch: dict):
-        batch = {k: v.to(self.device) for k, v in batch.items() if k != "labels"}
-        return self.model(**batch).logits
-
-    def save(self, directory: Path) -> None:
-        self.model.save_pretrained(directory)
-
-    def load_weights(self, directory: Path) -> None:
-        load_adapter(self.model, directory)
+        return self.forward({k: v for k, v in batch.items() if k != "labels"}).logits
 
 
 @register_method("tag")
@@ -109,8 +104,6 @@ class TagStudent(ClassifierStudent):
 
     @classmethod
     def build(cls, config) -> TagStudent:
-        from domainlm.engine.model import TaggedModel
-
         path = backbone.resolve(config.model)
         # The same clear errors as the other methods for a missing model or an over-long --max-length.
         backbone.check_length(backbone.load_config(path, config.model), config.max_length, config.model)
@@ -122,12 +115,8 @@ class TagStudent(ClassifierStudent):
         )
         return cls(config, tagged.to(device), tagged.tokenizer, device)
 
-    def encode(self, item, *, train: bool) -> EncodedItem:
-        text, truncated = self._text(item)
-        features = {"text": f"{text} <{self.TAG}>"}
-        if train:
-            features["labels"] = LABEL_INDEX[item.label]
-        return EncodedItem(features, truncated)
+    def features(self, text: str) -> dict:
+        return {"text": f"{text} <{self.TAG}>"}
 
     def n_tokens(self, features: dict) -> int:
         return len(self.model.encoder.encode(features["text"]).ids)
@@ -136,14 +125,8 @@ class TagStudent(ClassifierStudent):
         labels = [f["labels"] for f in features] if "labels" in features[0] else None
         return self.model.encode([f["text"] for f in features], labels=labels)
 
-    def _forward(self, batch: dict):
-        return self.model(**{k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()})
-
-    def loss(self, batch: dict):
-        return self._forward(batch).loss
-
     def logits(self, batch: dict):
-        return self._forward(batch).predictions
+        return self.forward(batch).predictions
 
     def save(self, directory: Path) -> None:
         self.model.save_tags(Path(directory) / "tags", [self.TAG])
@@ -151,8 +134,6 @@ class TagStudent(ClassifierStudent):
     def load_weights(self, directory: Path) -> None:
         """Copy saved tag vectors and head weights into this model's own parameters (in place, so an optimizer
         holding them keeps working when a run resumes)."""
-        from domainlm.engine.library import TagLibrary
-
         library = TagLibrary.load(Path(directory) / "tags")
         library.check_compatible(self.model.fingerprint(), self.model.hidden_size, self.model.name)
         parts = library.tensors_for(self.TAG)

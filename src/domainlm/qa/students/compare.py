@@ -132,20 +132,7 @@ def markdown(rows: list[dict]) -> str:
     )
     lines = ["# PubMedQA students", "", header, "|" + "---|" * 12]
     for r in rows:
-        cells = [
-            r["kind"],
-            r["student"],
-            r["method"],
-            r["augmentation"],
-            r["teacher"],
-            r["data"],
-            r["decoding"],
-            _num(r["accuracy"]),
-            _num(r["macro_f1"]),
-            r["parse_failures"],
-            _num(r["dev_accuracy"]),
-            f"{r['trainable_parameters']:,}" if r["trainable_parameters"] else None,
-        ]
+        cells = [_cell(column, r[column]) for column in COLUMNS if column != "run"]
         lines.append("| " + " | ".join("-" if c is None else str(c) for c in cells) + " |")
     lines += [
         "",
@@ -155,5 +142,9 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _num(value) -> str | None:
-    return None if value is None else f"{value:.3f}"
+def _cell(column: str, value):
+    if column == "trainable_parameters":
+        return f"{value:,}" if value else None
+    if column in {"accuracy", "macro_f1", "dev_accuracy"}:
+        return None if value is None else f"{value:.3f}"
+    return value

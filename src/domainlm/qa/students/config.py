@@ -89,19 +89,8 @@ class StudentConfig:
         """Settings of `domainlm.training.fit`: linear warm-up and decay, the dev loss once an epoch."""
         from domainlm.training import LoopSettings
 
-        return LoopSettings(
-            epochs=self.epochs,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            grad_accum=self.grad_accum,
-            weight_decay=self.weight_decay,
-            warmup_ratio=self.warmup_ratio,
-            schedule="linear",
-            max_grad_norm=self.max_grad_norm,
-            seed=self.seed,
-            evals_per_epoch=1,
-            checkpoint_every=self.save_every,
-        )
+        shared = {f.name: getattr(self, f.name) for f in fields(LoopSettings) if hasattr(self, f.name)}
+        return LoopSettings(**shared, schedule="linear", evals_per_epoch=1, checkpoint_every=self.save_every)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,11 +99,6 @@ class StudentConfig:
     def from_dict(cls, d: dict) -> StudentConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def help_text(name: str) -> str:
-    """A config field's help, for the CLI options that set it."""
-    return next(f.metadata["help"] for f in fields(StudentConfig) if f.name == name)
 
 
 @dataclass(frozen=True)
@@ -144,11 +128,8 @@ class Decoding:
         return f"beam{self.num_beams}-rp{self.repetition_penalty:g}{sampled}"
 
     def generate_kwargs(self) -> dict:
-        kw = {
-            "num_beams": self.num_beams,
-            "repetition_penalty": self.repetition_penalty,
-            "do_sample": self.do_sample,
-        }
-        if self.do_sample:
-            kw["temperature"] = self.temperature
+        """Arguments of `generate`: every setting, the temperature only when sampling (where it acts)."""
+        kw = asdict(self)
+        if not self.do_sample:
+            del kw["temperature"]
         return kw

@@ -22,9 +22,8 @@ def score(predictions: list[Prediction]) -> dict:
         "accuracy": metrics.accuracy(gold, predicted),
         "macro_f1": metrics.macro_f1(gold, predicted, labels=list(LABELS)),
         "parse_failures": sum(not p.matched for p in predictions),
-        "confusion": confusion_matrix(
-            gold, predicted, labels=list(LABELS)
-        ).tolist(),  # rows: gold, cols: predicted
+        # rows: gold, columns: predicted
+        "confusion": confusion_matrix(gold, predicted, labels=list(LABELS)).tolist(),
         "predicted_counts": {label: predicted.count(label) for label in LABELS},
     }
 

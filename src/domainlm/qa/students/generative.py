@@ -5,13 +5,10 @@ question given the context is {label}."); the loss covers only the target tokens
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from domainlm import backbone
 from domainlm.batching import pad_batch
-from domainlm.errors import InputError
 from domainlm.qa.students.answers import answer_sentence, parse_answer
 from domainlm.qa.students.base import EncodedItem, Prediction, Student, register_method
 from domainlm.qa.students.config import Decoding
@@ -63,10 +60,6 @@ class GenerativeStudent(Student):
     def collate(self, features: list[dict], side: str = "right") -> dict:
         return pad_batch(features, self.tokenizer.pad_token_id, side=side)
 
-    def loss(self, batch: dict):
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        return self.model(**batch).loss
-
     @torch.no_grad()
     def generate(self, items, decoding: Decoding | None = None) -> list[str]:
         """The text each item's answer continues with (prompt removed, special tokens dropped)."""
@@ -94,32 +87,6 @@ class GenerativeStudent(Student):
             parsed = parse_answer(text)
             predictions.append(Prediction(item.id, item.label, parsed.label, parsed.matched, text))
         return predictions
-
-    def save(self, directory: Path) -> None:
-        self.model.save_pretrained(directory)
-
-    def load_weights(self, directory: Path) -> None:
-        load_adapter(self.model, directory)
-
-
-def load_adapter(model, directory: Path) -> None:
-    """Put adapter weights saved by peft's save_pretrained into an already wrapped model."""
-    from peft.utils import load_peft_weights, set_peft_model_state_dict
-
-    if not (Path(directory) / "adapter_config.json").is_file():
-        raise InputError("no adapter found (adapter_config.json missing)", source=str(directory))
-    try:
-        result = set_peft_model_state_dict(model, load_peft_weights(str(directory), device="cpu"))
-    except RuntimeError as e:  # shape mismatch: an adapter for another model or rank
-        raise InputError(
-            f"the adapter does not fit this model: {str(e).splitlines()[0]}", source=str(directory)
-        ) from None
-    # Prompt-learning weights load through the prompt encoder and show up as "unexpected" here.
-    unexpected = [k for k in result.unexpected_keys if k != "prompt_embeddings"]
-    if unexpected:
-        raise InputError(
-            f"the adapter does not fit this model: unexpected weights {unexpected[:3]}", source=str(directory)
-        )
 
 
 @register_method("lora")

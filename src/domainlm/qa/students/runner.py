@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -16,6 +17,9 @@ from domainlm.qa.data import QASplits, load_pubmedqa, load_qa_dir, pubmedqa_file
 from domainlm.qa.students.base import get_method
 from domainlm.qa.students.config import Decoding, StudentConfig
 from domainlm.qa.students.evaluation import majority_baseline, score, write_report
+from domainlm.qa.students.trainable import train_student
+from domainlm.runs import RunDirectory
+from domainlm.training import CHECKPOINT
 
 EVAL_SPLITS = ("dev", "test")
 
@@ -47,24 +51,18 @@ def describe_data(config: StudentConfig, splits: QASplits) -> dict:
     """What the run trained on, for comparison tables: PubMedQA split and fold, augmentation and teacher. A QA
     directory says so in split.json (`data export`) or manifest.json (`augment`)."""
     path = Path(config.data)
-    info = {
-        "split": config.split,
-        "fold": config.fold if config.split == "official" else None,
-        "teacher": None,
-    }
+    fold = config.fold if config.split == "official" else None
+    info = {"split": config.split, "fold": fold, "teacher": None}
     if (path / "train.jsonl").exists():
-        info = {"split": None, "fold": None, "teacher": None}
         manifest = _read_json(path / "manifest.json")
         split = _read_json(path / "split.json") or manifest.get("data", {})
         if isinstance(split.get("split"), dict):  # augment copies the exported split.json under "split"
             split = split["split"]
-        info.update(split=split.get("split"), fold=split.get("fold"), teacher=manifest.get("model"))
+        info = {"split": split.get("split"), "fold": split.get("fold"), "teacher": manifest.get("model")}
     return {**info, "augmentation": augmentation_of(splits.train)}
 
 
 def _read_json(path: Path) -> dict:
-    import json
-
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
@@ -79,10 +77,6 @@ def finetune(
     """Train a student and evaluate it on dev and test; returns the metrics report. With `resume` the run's
     saved config is used and training continues from its last checkpoint. The weights kept are those at
     the lowest dev loss (`training.best_step`)."""
-    from domainlm.qa.students.trainable import train_student
-    from domainlm.runs import RunDirectory
-    from domainlm.training import CHECKPOINT
-
     out = Path(out)
     if resume and (out / "config.yaml").is_file():
         config = StudentConfig.from_dict(yaml.safe_load((out / "config.yaml").read_text()))

@@ -15,15 +15,9 @@ class StudentTraining(TrainableMethod):
     """A student's trainable weights on its encoded training examples, with the student's own loss."""
 
     def __init__(self, student, features: list[dict]):
-        self.student, self.features = student, features
+        self.student, self.module, self.features = student, student.model, features
         self.n_examples = len(features)
         self.lengths = [student.n_tokens(f) for f in features]
-
-    def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
-        return self.student.trainable_parameters()
-
-    def train_mode(self, training: bool) -> None:
-        self.student.model.train(training)
 
     def tokens(self, batch: list[int]) -> int:
         return sum(self.lengths[i] for i in batch)
