@@ -4,7 +4,7 @@ import pytest
 
 from domainlm.qa import QAItem
 from domainlm.qa.students.answers import ANSWER_PHRASE, answer_sentence, parse_answer
-from domainlm.qa.students.prompts import FittedPrompt, fit_prompt, target_text
+from domainlm.qa.students.prompt_fit import FittedPrompt, fit_prompt, target_text
 from tiny_models import tiny_tokenizer
 
 P = ANSWER_PHRASE

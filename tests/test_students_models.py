@@ -6,7 +6,7 @@ import torch
 from domainlm.errors import InputError
 from domainlm.qa import QAItem
 from domainlm.qa.students import StudentConfig
-from domainlm.qa.students.base import get_method
+from domainlm.qa.students.student import get_method
 from domainlm.qa.students.trainable import train_student
 from domainlm.training import CHECKPOINT
 from student_helpers import ITEMS, save_tiny, student_config

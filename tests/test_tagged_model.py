@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from domainlm.engine.model import TaggedModel
-from domainlm.engine.tags import initial_tag
+from domainlm.engine.tag_specs import initial_tag
 from domainlm.errors import DomainLMError, IncompatibleTagsError, InputError
 from tiny_models import tiny_model
 

@@ -109,7 +109,7 @@ def student_models(tmp_path_factory):
 
 
 def student(method_name: str, model: str) -> Case:
-    from domainlm.qa.students.base import get_method
+    from domainlm.qa.students.student import get_method
     from domainlm.qa.students.trainable import StudentTraining
 
     config = student_config(model, method_name, tag_length=4, lora_dropout=0.1, num_virtual_tokens=4)

@@ -34,7 +34,7 @@ from domainlm import metrics as metric_functions
 from domainlm.backbone import ensure_pad_token, is_causal_lm, load, lora_layers, lora_targets, max_positions
 from domainlm.batching import pad_ids
 from domainlm.engine.heads import Head, HeadSpec
-from domainlm.engine.tags import initial_tag
+from domainlm.engine.tag_specs import initial_tag
 from domainlm.engine.template import Template
 from domainlm.errors import DomainLMError
 from domainlm.progress import batches_by_length

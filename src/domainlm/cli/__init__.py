@@ -21,7 +21,7 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 # Modules that register commands on `app` when imported.
-COMMAND_MODULES = ["tags", "qa", "bench", "students"]
+COMMAND_MODULES = ["tagllm", "qa", "bench", "students"]
 
 
 @functools.cache  # once: commands must not be wrapped twice

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from domainlm import io
 from domainlm.cache import file_sha256
-from domainlm.engine.tags import TagSpec
+from domainlm.engine.tag_specs import TagSpec
 from domainlm.errors import DomainLMError, IncompatibleTagsError
 
 FORMAT_VERSION = 1

@@ -17,7 +17,7 @@ from domainlm.engine import attention
 from domainlm.engine.encoding import IGNORE, EncodedExample, Encoder, LengthPolicy
 from domainlm.engine.heads import Head, HeadSpec
 from domainlm.engine.library import TagLibrary, embedding_fingerprint, merge_libraries
-from domainlm.engine.tags import TagSpec, initial_tag
+from domainlm.engine.tag_specs import TagSpec, initial_tag
 from domainlm.errors import DomainLMError, InputError
 
 

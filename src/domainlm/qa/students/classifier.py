@@ -13,8 +13,8 @@ from domainlm.batching import pad_batch
 from domainlm.engine.library import TagLibrary
 from domainlm.engine.model import TaggedModel
 from domainlm.qa.data import LABELS
-from domainlm.qa.students.base import EncodedItem, Prediction, Student, register_method
-from domainlm.qa.students.prompts import fit_prompt
+from domainlm.qa.students.prompt_fit import fit_prompt
+from domainlm.qa.students.student import EncodedItem, Prediction, Student, register_method
 
 LABEL_INDEX = {label: i for i, label in enumerate(LABELS)}
 

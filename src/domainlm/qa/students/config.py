@@ -50,7 +50,7 @@ class StudentConfig:
     device: str = _opt("auto", "auto | cpu | cuda")
 
     def __post_init__(self):
-        from domainlm.qa.students.base import method_names
+        from domainlm.qa.students.student import method_names
 
         if self.method not in method_names():
             raise InputError(f"unknown method {self.method!r}; choose from {method_names()}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from domainlm import io, metrics, plots
 from domainlm.qa.data import LABELS
-from domainlm.qa.students.base import Prediction
+from domainlm.qa.students.student import Prediction
 
 
 def score(predictions: list[Prediction]) -> dict:

@@ -10,9 +10,9 @@ import torch
 from domainlm import backbone
 from domainlm.batching import pad_batch
 from domainlm.qa.students.answers import answer_sentence, parse_answer
-from domainlm.qa.students.base import EncodedItem, Prediction, Student, register_method
 from domainlm.qa.students.config import Decoding
-from domainlm.qa.students.prompts import fit_prompt
+from domainlm.qa.students.prompt_fit import fit_prompt
+from domainlm.qa.students.student import EncodedItem, Prediction, Student, register_method
 
 
 class GenerativeStudent(Student):

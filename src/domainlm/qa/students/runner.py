@@ -14,9 +14,9 @@ from domainlm import io, plots
 from domainlm.backbone import resolve
 from domainlm.errors import DomainLMError, InputError
 from domainlm.qa.data import QASplits, load_pubmedqa, load_qa_dir, pubmedqa_files
-from domainlm.qa.students.base import get_method
 from domainlm.qa.students.config import Decoding, StudentConfig
 from domainlm.qa.students.evaluation import majority_baseline, score, write_report
+from domainlm.qa.students.student import get_method
 from domainlm.qa.students.trainable import train_student
 from domainlm.runs import RunDirectory
 from domainlm.training import CHECKPOINT
