@@ -115,9 +115,9 @@ def load_dta(
 
     `affinity` names an entry of `AFFINITY_TRANSFORMS` (None is "none": `--task-option affinity=none` reads
     as None); "auto" is that of the recognised data set (Davis pkd, KIBA none), and a data set domainlm does
-    not recognise must name one. With `skip_invalid`, pairs whose
-    drug SMILES, protein sequence or affinity is invalid are skipped and counted; otherwise the first one is
-    an error. `limit_train` / `limit_eval` keep a fixed random subset of the train / each evaluation split."""
+    not recognise must name one. With `skip_invalid`, pairs whose drug SMILES, protein sequence or affinity
+    is invalid are skipped and counted; otherwise the first one is an error. `limit_train` / `limit_eval`
+    keep a fixed random subset of the train / each evaluation split."""
     affinity = "none" if affinity is None else affinity
     if affinity != "auto" and affinity not in AFFINITY_TRANSFORMS:
         raise InputError(
