@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -108,34 +109,16 @@ def bench(
 
         torch.set_num_threads(threads)
 
+    given = dict(locals())
     chosen = [m.strip() for item in methods or [] for m in item.split(",") if m.strip()]
-    settings = BenchSettings(
-        task=task,
-        model=model,
+    given.update(
         data_dir=str(data_dir) if data_dir else None,
         methods=tuple(chosen) or ALL_METHODS,
-        limit_train=limit_train,
-        limit_eval=limit_eval,
-        epochs=epochs,
-        seed=seed,
-        lr=lr,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        skip_invalid=skip_invalid,
         task_options=parse_key_values(task_option, "--task-option"),
-        refit_train_val=refit_train_val,
         tags=list(tags or []),
-        train_domain_tags=train_domain_tags,
         folds=list(fold) if fold else None,
-        overflow=overflow,
-        max_span_tokens=max_span_tokens,
-        isolate=isolate,
-        reuse=reuse,
-        cache_budget_gb=cache_budget_gb,
-        cache_dtype=cache_dtype,
-        dtype=dtype,
-        device=device,
     )
+    settings = BenchSettings(**{f.name: given[f.name] for f in dataclasses.fields(BenchSettings)})
     err = Console(stderr=True)
     rows = run_bench(
         settings, out, resume=resume, overwrite=overwrite, log=lambda m: err.print(m, markup=False)
