@@ -74,8 +74,7 @@ class PublishedDataset:
 
 # Sizes: DeepDTA (Öztürk et al., Bioinformatics 2018), Table 1. Anchors (test MSE / CI): DeepDTA, Tables 3
 # and 4; GraphDTA (Nguyen et al., Bioinformatics 2021), Tables 2 and 3, its best model per data set (GIN on
-# Davis, GAT_GCN on KIBA). Davis' "best recent" is carried over from this project's README, which names no
-# paper.
+# Davis, GAT_GCN on KIBA). Only figures with a paper to cite are shown.
 PUBLISHED_DATASETS = {
     "davis": PublishedDataset(
         (68, 442),
@@ -84,7 +83,6 @@ PUBLISHED_DATASETS = {
         (
             ("DeepDTA (Davis)", {"mse": 0.261, "ci": 0.878}),
             ("GraphDTA (Davis)", {"mse": 0.229, "ci": 0.893}),
-            ("best recent (Davis)", {"mse": 0.195, "ci": 0.906}),
         ),
     ),
     "kiba": PublishedDataset(
