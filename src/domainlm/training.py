@@ -242,7 +242,8 @@ def fit(
     scheduler = get_scheduler(
         s.schedule,
         optimizer,
-        num_warmup_steps=int(s.warmup_ratio * total_steps),
+        # at least one warm-up step when asked for: short runs otherwise start at the peak rate
+        num_warmup_steps=math.ceil(s.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
     at = _Position()
