@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -129,6 +131,7 @@ def main() -> None:
         )
     ratio = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]
     record = {
+        "command": shlex.join(["python", "benchmarks/throughput.py", *sys.argv[1:]]),
         "model": args.model,
         "task": "qed",
         "batch_size": args.batch_size,
@@ -150,6 +153,8 @@ def main() -> None:
         f"(median shown); torch threads {record['torch_threads']} on {record['cpu_count']} CPUs; 1-min load "
         f"average {record['load_average_before_after'][0]} -> {record['load_average_before_after'][1]} "
         "(other jobs shared the machine).",
+        "",
+        f"    {record['command']}",
         "",
         "| method | tokens/s | examples/s | positions/example | trainable_params |",
         "| --- | --- | --- | --- | --- |",
