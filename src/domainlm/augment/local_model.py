@@ -24,11 +24,13 @@ class LocalChatModel:
     lines ending in "assistant:". One generation runs at a time (the model is not re-entrant)."""
 
     def __init__(self, path: str | Path, device: str | None = None):
+        """`path`: any model name the backbone resolves (a directory, `smollm2-135m`, a .gguf file, ...)."""
         from domainlm import backbone
 
-        self.path = Path(path)
+        local = Path(path).expanduser()
+        self.name = str(local.resolve()) if local.exists() else str(path)
         self.device = backbone.pick_device(device)
-        loaded = backbone.load(backbone.local_directory(self.path), "generation")
+        loaded = backbone.load(str(path), "generation")
         self.tokenizer = loaded.tokenizer
         self.model = loaded.model.to(self.device).eval()
         self.context_length = backbone.declared_positions(self.model.config)

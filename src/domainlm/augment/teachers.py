@@ -123,7 +123,7 @@ class HFTeacher:
         from domainlm.augment.local_model import LocalChatModel
 
         self._model = LocalChatModel(path, device=device)
-        self.name = f"hf:{self._model.path.resolve()}"
+        self.name = f"hf:{self._model.name}"
 
     async def complete(self, messages, *, model, temperature, max_tokens, seed) -> Reply:
         from domainlm.augment.local_model import PromptTooLong
