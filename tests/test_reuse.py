@@ -3,33 +3,14 @@
 import pytest
 import torch
 
-from domainlm.engine.model import TaggedModel
 from domainlm.engine.reuse import SpanCache, reused_forward
-from tiny_models import tiny_model
-
-TEMPLATE = "The protein sequence is <Protein> {p}. The SMILES of the drug is <SMILES> {s}. Affinity <BA>"
-PAIRS = [("MKVLAAGG", "CCO"), ("MKV", "CC(=O)NC1=CC"), ("MKVLAAGG", "N"), ("WYYKKR", "CCO")]
-
-
-def tagged(family):
-    model, tok = tiny_model(family)
-    tm = TaggedModel(model, tok)
-    tm.add_tag("Protein", char_level=True)
-    tm.add_tag("SMILES", char_level=True)
-    tm.add_tag("BA", "function", head="regression", label_mean=6.0, label_std=1.0)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        tm.heads["BA"].linear.weight.normal_()
-        for p in tm.tag_vectors.values():
-            p.add_(0.1 * torch.randn_like(p))
-    tm.set_trainable(names=["BA"])
-    return tm
+from tiny_models import PAIR_TEMPLATE, PAIRS, tagged_pair_model
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "bert", "qwen2"])
 def test_reused_path_equals_full_isolated_path(family):
-    tm = tagged(family)
-    texts = [TEMPLATE.format(p=p, s=s) for p, s in PAIRS]
+    tm = tagged_pair_model(family)
+    texts = [PAIR_TEMPLATE.format(p=p, s=s) for p, s in PAIRS]
     labels = [5.0, 7.0, 6.0, 6.5]
 
     full = tm(**tm.encode(texts, labels, isolate=True))
@@ -52,8 +33,8 @@ def test_reused_path_equals_full_isolated_path(family):
 
 
 def test_budget_evicts_but_stays_exact():
-    tm = tagged("llama")
-    texts = [TEMPLATE.format(p=p, s=s) for p, s in PAIRS]
+    tm = tagged_pair_model("llama")
+    texts = [PAIR_TEMPLATE.format(p=p, s=s) for p, s in PAIRS]
     with torch.no_grad():
         expected = tm(**tm.encode(texts, isolate=True)).predictions
         cache = SpanCache(tm, budget_bytes=20_000)
@@ -64,10 +45,13 @@ def test_budget_evicts_but_stays_exact():
 
 
 def test_windowed_long_spans_reuse_exactly():
-    tm = tagged("bert")
+    tm = tagged_pair_model("bert")
     tm.max_positions = 64
     tm.set_length_policy("window", 20)
-    texts = [TEMPLATE.format(p="MKVLAAGGWYYKKR" * 4, s="CCO"), TEMPLATE.format(p="MKV", s="CC(=O)N")]
+    texts = [
+        PAIR_TEMPLATE.format(p="MKVLAAGGWYYKKR" * 4, s="CCO"),
+        PAIR_TEMPLATE.format(p="MKV", s="CC(=O)N"),
+    ]
     encoded = tm.encoder.encode(texts[0], 0, isolate=True)
     assert encoded.windows == 2 and max(encoded.positions(True)) < 64
     with torch.no_grad():

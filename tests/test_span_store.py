@@ -8,28 +8,11 @@ import pytest
 import torch
 
 from cli_helpers import train_user_task, write_csv
-from domainlm.engine.model import TaggedModel
 from domainlm.engine.reuse import SpanCache, longest_span_key, reused_forward
-from tiny_models import tiny_model
+from tiny_models import PAIR_TEMPLATE, PAIRS, tagged_pair_model
 
-TEMPLATE = "The protein sequence is <Protein> {p}. The SMILES of the drug is <SMILES> {s}. Affinity <BA>"
-PAIRS = [("MKVLAAGG", "CCO"), ("MKV", "CC(=O)NC1=CC"), ("MKVLAAGG", "N"), ("WYYKKR", "CCO")]
-TEXTS = [TEMPLATE.format(p=p, s=s) for p, s in PAIRS]
+TEXTS = [PAIR_TEMPLATE.format(p=p, s=s) for p, s in PAIRS]
 LABELS = [5.0, 7.0, 6.0, 6.5]
-
-
-def tagged():
-    tm = TaggedModel(*tiny_model("llama"))
-    tm.add_tag("Protein", char_level=True)
-    tm.add_tag("SMILES", char_level=True)
-    tm.add_tag("BA", "function", head="regression", label_mean=6.0, label_std=1.0)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        tm.heads["BA"].linear.weight.normal_()
-        for p in tm.tag_vectors.values():
-            p.add_(0.1 * torch.randn_like(p))
-    tm.set_trainable(names=["BA"])
-    return tm
 
 
 def nbytes(t: torch.Tensor) -> int:
@@ -37,7 +20,7 @@ def nbytes(t: torch.Tensor) -> int:
 
 
 def test_a_full_store_evicts_the_least_recently_used_span():
-    tm = tagged()
+    tm = tagged_pair_model()
     a, b, c = (f"<Protein> {p} <BA>" for p in ("MKVLAAGG", "WYYKKRAA", "GGAALVKM"))
     key = {text: longest_span_key(tm, text) for text in (a, b, c)}
     unbounded = SpanCache(tm)
@@ -60,7 +43,7 @@ def grads(tm, loss) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("budget", [6_000, 100])  # a few spans; less than any one span
 def test_a_bounded_store_keeps_predictions_and_gradients_exact(budget):
-    tm = tagged()
+    tm = tagged_pair_model()
     cache = SpanCache(tm, budget_bytes=budget)
     for batch in ([0, 1], [2, 3], [0, 3]):
         texts, labels = [TEXTS[i] for i in batch], [LABELS[i] for i in batch]
@@ -76,7 +59,7 @@ def test_a_bounded_store_keeps_predictions_and_gradients_exact(budget):
 
 
 def test_bfloat16_store_holds_half_the_bytes_and_stays_close_to_float32():
-    tm = tagged()
+    tm = tagged_pair_model()
     full, half = SpanCache(tm), SpanCache(tm, dtype=torch.bfloat16)
     with torch.no_grad():
         p32 = reused_forward(tm, full, TEXTS).predictions

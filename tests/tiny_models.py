@@ -116,3 +116,25 @@ def tiny_model(family: str = "llama", seed: int = 0, **config_kw):
     model = cls.from_config(config)
     model.eval()
     return model, tokenizer
+
+
+PAIR_TEMPLATE = "The protein sequence is <Protein> {p}. The SMILES of the drug is <SMILES> {s}. Affinity <BA>"
+PAIRS = [("MKVLAAGG", "CCO"), ("MKV", "CC(=O)NC1=CC"), ("MKVLAAGG", "N"), ("WYYKKR", "CCO")]
+
+
+def tagged_pair_model(family: str = "llama"):
+    """A TaggedModel with <Protein>, <SMILES> and a <BA> regression head, all moved off their initial values
+    (so spans differ and the head is not zero); only <BA> trains."""
+    from domainlm.engine.model import TaggedModel
+
+    tm = TaggedModel(*tiny_model(family))
+    tm.add_tag("Protein", char_level=True)
+    tm.add_tag("SMILES", char_level=True)
+    tm.add_tag("BA", "function", head="regression", label_mean=6.0, label_std=1.0)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        tm.heads["BA"].linear.weight.normal_()
+        for p in tm.tag_vectors.values():
+            p.add_(0.1 * torch.randn_like(p))
+    tm.set_trainable(names=["BA"])
+    return tm
