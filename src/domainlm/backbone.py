@@ -3,6 +3,7 @@ devices, position limits and the LoRA targets of each model family."""
 
 from __future__ import annotations
 
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,6 +166,11 @@ def _loading(name: str, fn, *args, **kw):
         ) from None
     except ValueError as e:  # e.g. a model class that does not exist for this family
         raise InputError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
+    except pickle.UnpicklingError:  # transformers reads pickled weights weights-only: the rest is refused
+        raise InputError(
+            f"cannot load model {name!r}: a weights file holds objects other than tensors; refused, as "
+            "loading them could run code"
+        ) from None
 
 
 def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:

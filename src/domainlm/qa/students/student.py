@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -111,6 +112,11 @@ def load_adapter(model, directory: Path) -> None:
         raise InputError("no adapter found (adapter_config.json missing)", source=str(directory))
     try:
         result = set_peft_model_state_dict(model, load_peft_weights(str(directory), device="cpu"))
+    except pickle.UnpicklingError:  # peft reads a pickled adapter weights-only: anything else is refused
+        raise InputError(
+            "the adapter file holds objects other than tensors; refused, as loading them could run code",
+            source=str(directory),
+        ) from None
     except RuntimeError as e:  # shape mismatch: an adapter for another model or rank
         raise InputError(
             f"the adapter does not fit this model: {str(e).splitlines()[0]}", source=str(directory)
