@@ -83,7 +83,7 @@ def test_trainable_params_and_learning_rates_per_method(rows):
 
 def test_tag_row_metrics_equal_a_recomputation_from_its_predictions(bench, rows, labels):
     predictions = read_csv(bench / "qed" / "runs" / "tags__test" / "predictions_test.csv")
-    true, pred = (np.array([float(r[c]) for r in predictions]) for c in ("true", "predicted"))
+    true, pred = (np.array([float(r[c]) for r in predictions]) for c in ("true", "prediction"))
     np.testing.assert_allclose(true, labels["test"], rtol=1e-6)
     row = rows["tags"]
     assert row["test_mse"] == pytest.approx(np.mean((true - pred) ** 2), rel=1e-5)

@@ -39,7 +39,7 @@ def test_run_reports_classification_metrics_recomputed_from_its_predictions(run)
     assert "test_mse" not in metrics and metrics["info"]["classes"] == CLASSES
     rows = read_csv(run[1] / "predictions_test.csv")
     assert [float(r["p0"]) + float(r["p1"]) for r in rows] == pytest.approx([1.0, 1.0])
-    accuracy = np.mean([r["true"] == r["predicted"] for r in rows])
+    accuracy = np.mean([r["true"] == r["prediction"] for r in rows])
     assert metrics["test_accuracy"] == pytest.approx(accuracy)
 
 

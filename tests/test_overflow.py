@@ -86,3 +86,25 @@ def test_train_with_truncate_counts_truncated_inputs_per_split(model_dir, tmp_pa
     longer = [sum(len(s) > 5 for s in part) for part in (smiles[:8], smiles[8:10], smiles[10:])]
     assert [overflow[f"{name}_truncated"] for name in ("train", "val", "test")] == longer == [4, 1, 1]
     assert overflow["train_windowed"] == 0
+
+
+@pytest.fixture(scope="module")
+def short_bert(tmp_path_factory):
+    """A saved tiny BERT that takes only 64 positions, so a 100-character SMILES is over-long."""
+    path = tmp_path_factory.mktemp("bert64")
+    tm = tagged(positions=64)
+    tm.base.save_pretrained(path)
+    tm.tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("reuse", ["--reuse", "--no-reuse"])
+def test_over_long_input_is_refused_before_training_naming_file_and_line(short_bert, tmp_path, reuse):
+    rows = with_splits([("CCO", 0.1), ("CCN", 0.2), ("CNO", 0.3), (LONG, 0.4), *[("CC", 0.5)] * 6])
+    data = write_csv(tmp_path / "long.csv", rows, ("smiles", "y", "split"))  # LONG on line 5
+    extra = ["--split-column", "split", "--char-level", "SMILES", reuse]
+    res = train_user_task(short_bert, data, tmp_path / "run", *extra, epochs=1)
+    assert res.exit_code == 2, res.output
+    message = " ".join(res.output.split())
+    assert "long.csv, line 5: input is" in message and "--overflow truncate" in message
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()  # no training step ran

@@ -73,7 +73,7 @@ def test_run_directory_is_complete(overfit):
 
 def test_test_metrics_equal_a_recomputation_from_the_predictions_file(overfit):
     rows = read_csv(overfit[1] / "predictions_test.csv")
-    true, pred = (np.array([float(r[c]) for r in rows]) for c in ("true", "predicted"))
+    true, pred = (np.array([float(r[c]) for r in rows]) for c in ("true", "prediction"))
     metrics = json.loads((overfit[1] / "metrics.json").read_text())
     assert [r["id"] for r in rows] == ["line 12", "line 13"]  # the CSV's last two rows (line 1: header)
     assert metrics["test_mse"] == pytest.approx(np.mean((true - pred) ** 2), rel=1e-5)
@@ -91,7 +91,7 @@ def test_eval_reproduces_the_test_mse(overfit):
 
 
 def test_predict_reproduces_the_runs_test_predictions(overfit, predicted):
-    saved = [float(r["predicted"]) for r in read_csv(overfit[1] / "predictions_test.csv")]
+    saved = [float(r["prediction"]) for r in read_csv(overfit[1] / "predictions_test.csv")]
     assert predicted[-2:] == pytest.approx(saved, rel=1e-4, abs=1e-5)
 
 

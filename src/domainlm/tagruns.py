@@ -16,6 +16,7 @@ import numpy as np
 
 from domainlm import io, metrics, plots
 from domainlm.corpus import CorpusSource
+from domainlm.engine.encoding import check_fits
 from domainlm.engine.inference import lm_loss, predict
 from domainlm.engine.model import TaggedModel
 from domainlm.engine.tag_training import Split, TagMethod
@@ -131,6 +132,11 @@ def train_tagged_task(
         method = TagMethod(
             tm, config, splits["train"], function_tag=template.function_tag, domain_tags=template.domain_tags
         )
+        # Lengths are checked before anything runs the model (with or without span reuse), naming the row.
+        where = {name: [ex.where for ex in exs] for name, exs in data.splits().items()}
+        touched = overflow_report(tm, splits, method.isolate, source=data.info.get("source"), where=where)
+        if any(touched.values()):
+            run.log(f"over-long inputs ({config.overflow}): {touched}")
 
         def score(name: str, description: str) -> tuple[dict[str, float], np.ndarray]:
             return evaluate_split(
@@ -146,9 +152,6 @@ def train_tagged_task(
         def validate() -> dict:
             return score("val", "validating")[0]
 
-        touched = overflow_report(tm, splits, method.isolate)
-        if any(touched.values()):
-            run.log(f"over-long inputs ({config.overflow}): {touched}")
         trained = fit(
             method,
             config.loop(),
@@ -205,14 +208,33 @@ def train_tagged_task(
         return results
 
 
-def overflow_report(tm: TaggedModel, splits: dict[str, Split], isolate: bool) -> dict[str, int]:
-    """How many inputs per split the length policy truncated or windowed (never silent)."""
+def overflow_report(
+    tm: TaggedModel,
+    splits: dict[str, Split],
+    isolate: bool,
+    *,
+    source: str | None = None,
+    where: dict[str, list[str]] | None = None,
+) -> dict[str, int]:
+    """How many inputs per split the length policy truncated or windowed (never silent); an input that
+    still exceeds the model's positions is refused, named by `source` and its `where` (e.g. "line 5")."""
     out = {}
     for name, split in splits.items():
-        encoded = [tm.encoder.encode(x, i, isolate) for i, x in enumerate(split.inputs)]
+        names = (where or {}).get(name) or [f"{name} row {i + 1}" for i in range(len(split))]
+        encoded = check_lengths(tm, split.inputs, isolate, source=source, where=names)
         out[f"{name}_truncated"] = sum(ex.truncated > 0 for ex in encoded)
         out[f"{name}_windowed"] = sum(ex.windows > 0 for ex in encoded)
     return out
+
+
+def check_lengths(tm: TaggedModel, inputs: list, isolate: bool, *, source, where: list[str]) -> list:
+    """The inputs encoded, each checked against the model's positions (`where[i]` names input i)."""
+    encoded = []
+    for i, (item, name) in enumerate(zip(inputs, where)):
+        ex = tm.encoder.encode(item, i, isolate)
+        check_fits(ex, isolate, tm.max_positions, source=source, item=name)
+        encoded.append(ex)
+    return encoded
 
 
 def write_predictions(path: Path, split: Split, preds: np.ndarray, spec: TaskSpec) -> None:
@@ -220,10 +242,10 @@ def write_predictions(path: Path, split: Split, preds: np.ndarray, spec: TaskSpe
     with io.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         if spec.head == "regression":
-            w.writerow(["id", "true", "predicted"])
+            w.writerow(["id", "true", "prediction"])
             w.writerows([i, y, float(np.ravel(p)[0])] for i, y, p in rows)
         else:
-            w.writerow(["id", "true", "predicted", *[f"p{k}" for k in range(preds.shape[1])]])
+            w.writerow(["id", "true", "prediction", *[f"p{k}" for k in range(preds.shape[1])]])
             w.writerows([i, y, int(np.argmax(p)), *map(float, p)] for i, y, p in rows)
 
 

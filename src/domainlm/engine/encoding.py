@@ -69,6 +69,22 @@ class LengthPolicy:
             raise InputError("max_span must be >= 1")
 
 
+def check_fits(
+    ex: EncodedExample, isolate: bool, limit: int | None, *, source: str | None = None, item=None
+) -> None:
+    """Refuse an input longer than the model's positions, naming it: every path (training with or without
+    span reuse, evaluation, prediction) checks before it runs the model, rather than failing on an index."""
+    top = max(ex.positions(isolate), default=0)
+    if limit and top >= limit:
+        raise InputError(
+            f"input is {len(ex.ids)} tokens (highest position {top}) but the model takes {limit} "
+            "positions; shorten it or choose an overflow policy (--overflow truncate|window, "
+            "--max-span-tokens)",
+            source=source,
+            item=item,
+        )
+
+
 class Encoder:
     """Tokenises parts the same way for every family; tags become placeholder slots."""
 

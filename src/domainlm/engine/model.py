@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from domainlm.backbone import is_causal_lm, load, max_positions
 from domainlm.batching import pad_batch
 from domainlm.engine import attention
-from domainlm.engine.encoding import IGNORE, EncodedExample, Encoder, LengthPolicy
+from domainlm.engine.encoding import IGNORE, EncodedExample, Encoder, LengthPolicy, check_fits
 from domainlm.engine.heads import Head, HeadSpec
 from domainlm.engine.library import TagLibrary, embedding_fingerprint, merge_libraries
 from domainlm.engine.tag_specs import TagSpec, initial_tag
@@ -180,16 +180,14 @@ class TaggedModel(nn.Module):
         if isinstance(inputs, str):
             inputs = [inputs]
         examples = [self.encoder.encode(item, i, isolate) for i, item in enumerate(inputs)]
-        limit = self.max_positions
         for i, ex in enumerate(examples):
-            top = max(ex.positions(isolate), default=0)
-            if limit and top >= limit:
-                raise InputError(
-                    f"input is {len(ex.ids)} tokens (highest position {top}) but the model takes {limit} "
-                    "positions; shorten it or choose an overflow policy (--overflow truncate|window, "
-                    "--max-span-tokens)",
-                    item=i,
-                )
+            check_fits(ex, isolate, self.max_positions, item=i)
+        function_tags = {ex.function_tag for ex in examples}
+        if len(function_tags) > 1:  # one batch, one head: a mixed batch would silently predict nothing
+            raise InputError(
+                "a batch mixes inputs ending in different function tags (or in none): "
+                f"{sorted(str(t) for t in function_tags)}; encode each kind in a batch of its own"
+            )
         batch = collate_examples(
             examples,
             self.tokenizer,

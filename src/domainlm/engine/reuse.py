@@ -20,7 +20,7 @@ import torch
 
 from domainlm.batching import pad_batch
 from domainlm.engine import attention
-from domainlm.engine.encoding import EncodedExample
+from domainlm.engine.encoding import EncodedExample, check_fits
 from domainlm.engine.model import TaggedModel, TaggedOutput
 from domainlm.errors import DomainLMError
 
@@ -142,6 +142,8 @@ class SpanCache:
 def reused_forward(tm: TaggedModel, cache: SpanCache, inputs: list, labels=None) -> TaggedOutput:
     """The function segments of `inputs` through the model, attending to their spans' stored keys/values."""
     examples = [tm.encoder.encode(item, i, isolate=True) for i, item in enumerate(inputs)]
+    for i, ex in enumerate(examples):  # an over-long input would otherwise fail on a position index
+        check_fits(ex, True, tm.max_positions, item=i)
     heads = {ex.function_tag for ex in examples}
     if len(heads) != 1 or None in heads:
         raise DomainLMError("span reuse needs every input to end in the same function tag")

@@ -27,6 +27,12 @@ class Example:
     fields: dict[str, Any]
     label: float | int | None
     group: str | None = None
+    line: int | None = None  # the 1-based line of a row read from a table, for messages naming it
+
+    @property
+    def where(self) -> str:
+        """How a message names this example in its file: the line, or else its id."""
+        return f"line {self.line}" if self.line is not None else f"item {self.id}"
 
 
 @dataclass

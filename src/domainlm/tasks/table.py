@@ -160,7 +160,8 @@ def _split_of(value, split_column: str) -> str:
     return name
 
 
-def _check_fields(template: Template, row: dict) -> None:
+def check_row(template: Template, row: dict) -> None:
+    """The checks a row passes to train on (and to be predicted): every field given, valid domain spans."""
     for name in template.fields:
         if name not in row or _is_missing(row[name]):
             raise RowProblem("missing_field", f"empty or missing value for template field {name!r}")
@@ -221,7 +222,7 @@ def load_table_task(
     for record in records:
         row = record.values
         try:
-            _check_fields(template, row)
+            check_row(template, row)
             raw = row.get(label_column)
             label = _class_label(raw, index) if class_list else _regression_label(raw)
             which = _split_of(row.get(split_column), split_column) if split_column else None
@@ -235,7 +236,8 @@ def load_table_task(
             skipped[problem.reason] += 1
             continue
         item_id = str(row[id_column]) if id_column else f"line {record.line}"
-        example = Example(id=item_id, fields={f: row[f] for f in template.fields}, label=label)
+        fields = {f: row[f] for f in template.fields}
+        example = Example(id=item_id, fields=fields, label=label, line=record.line)
         (examples[which] if which else unsplit).append(example)
 
     if unsplit:
