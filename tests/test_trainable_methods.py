@@ -67,7 +67,8 @@ def tags(family: str, **config) -> Case:
     torch.manual_seed(0)
     tm = TaggedModel(model, tokenizer)
     tm.add_tag("SMILES", "domain", length=4, char_level=True)
-    tm.add_tag("Y", "function", length=4, head="regression", label_mean=0.4, label_std=0.3)
+    head = {"readout": config.get("readout", "last"), "head_hidden": config.get("head_hidden", 0)}
+    tm.add_tag("Y", "function", length=4, head="regression", label_mean=0.4, label_std=0.3, **head)
     template = Template("The SMILES is <SMILES> {smiles}. Value <Y>")
     rows = toy_molecules()
     split = Split([template.render({"smiles": s}) for s, _ in rows], [y for _, y in rows])
@@ -131,6 +132,7 @@ def student(method_name: str, model: str) -> Case:
 CASES = {
     "tags-llama": lambda models: tags("llama"),  # isolated spans, keys/values reused
     "tags-bert": lambda models: tags("bert", train_domain_tags=True),
+    "tags-llama-mean-mlp": lambda models: tags("llama", readout="mean", head_hidden=8),
     "peft-prompt_tuning": lambda models: peft("prompt_tuning"),
     "peft-lora": lambda models: peft("lora"),
     "student-lora": lambda models: student("lora", models["llama"]),

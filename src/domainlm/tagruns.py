@@ -17,7 +17,8 @@ import numpy as np
 from domainlm import io, metrics, plots
 from domainlm.corpus import CorpusSource
 from domainlm.engine.encoding import check_fits
-from domainlm.engine.inference import lm_loss, predict
+from domainlm.engine.head_init import initialize_head
+from domainlm.engine.inference import lm_loss, predict, readout_features
 from domainlm.engine.model import TaggedModel
 from domainlm.engine.tag_training import Split, TagMethod
 from domainlm.engine.template import Part, Template
@@ -36,9 +37,10 @@ def prepare_tags(
     config: TrainConfig,
     *,
     classes: list[str] | None = None,
-) -> None:
-    """Create the template's tags that no loaded library holds (domain tags, then the function tag + head).
-    `classes`: a classification head's class names, in index order, so predictions can name them."""
+) -> bool:
+    """Create the template's tags that no loaded library holds (domain tags, then the function tag + head);
+    True when the function tag is new. `classes`: a classification head's class names, in index order, so
+    predictions can name them."""
     for name in template.domain_tags:
         if name not in tm.specs:
             tm.add_tag(name, "domain", length=config.tag_length, char_level=name in spec.char_level_tags)
@@ -56,7 +58,7 @@ def prepare_tags(
                 f"<{func}> from the tag library has a {head.type if head else 'missing'} head; the "
                 f"task needs {spec.head}"
             )
-        return
+        return False
     labels = np.array([ex.label for ex in train], dtype=float) if spec.head == "regression" else None
     tm.add_tag(
         func,
@@ -67,7 +69,20 @@ def prepare_tags(
         classes=classes,
         label_mean=float(labels.mean()) if labels is not None else 0.0,
         label_std=float(labels.std()) if labels is not None and labels.std() > 0 else 1.0,
+        readout=config.readout,
+        head_hidden=config.head_hidden,
     )
+    return True
+
+
+def start_head(tm: TaggedModel, method: TagMethod, function_tag: str, config: TrainConfig) -> dict:
+    """Standardise (and with "probe", fit) the new head on the untrained tags' training read-outs."""
+    split = method.split
+    features = readout_features(
+        tm, split.inputs, isolate=method.isolate, batch_size=config.eval_batch_size, cache=method.cache
+    )
+    labels = tm.label_tensor(function_tag, split.labels).numpy()
+    return initialize_head(tm, function_tag, features, labels, config.head_init)
 
 
 def render_split(template: Template, examples: list[Example], source: str = "data") -> Split:
@@ -127,7 +142,7 @@ def train_tagged_task(
             run.log(f"skipped {count} rows: {reason}")
         tm = _tagged_model(model, config, tags, on_conflict)
         template = Template(spec.template)
-        prepare_tags(tm, template, spec, data.train, config, classes=data.info.get("classes"))
+        new_head = prepare_tags(tm, template, spec, data.train, config, classes=data.info.get("classes"))
         splits = {name: render_split(template, exs, spec.name) for name, exs in data.splits().items()}
         method = TagMethod(
             tm, config, splits["train"], function_tag=template.function_tag, domain_tags=template.domain_tags
@@ -137,6 +152,10 @@ def train_tagged_task(
         touched = overflow_report(tm, splits, method.isolate, source=data.info.get("source"), where=where)
         if any(touched.values()):
             run.log(f"over-long inputs ({config.overflow}): {touched}")
+        head_start = {"head_init": "zero"}
+        if new_head and config.head_init != "zero":  # a head from a library keeps its trained weights
+            head_start = start_head(tm, method, template.function_tag, config)
+            run.log(f"head start: {head_start}")
 
         def score(name: str, description: str) -> tuple[dict[str, float], np.ndarray]:
             return evaluate_split(
@@ -176,6 +195,7 @@ def train_tagged_task(
             "info": data.info,
             "isolate": method.isolate,
             "reuse": method.reuse,
+            "head": {"readout": config.readout, "hidden": config.head_hidden, **head_start},
             "overflow": {"mode": config.overflow, "max_span_tokens": config.max_span_tokens, **touched},
         }
         if method.cache is not None:

@@ -55,6 +55,8 @@ class LoopSettings:
     seed: int = 0
     evals_per_epoch: int = 1
     checkpoint_every: int = 0  # optimizer steps; 0: only at epoch ends
+    # Validate once before the first step, so selection can keep the starting weights (a probe-fitted head).
+    validate_at_start: bool = False
 
     def __post_init__(self):
         for name in ("batch_size", "grad_accum", "evals_per_epoch"):
@@ -83,6 +85,10 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     tag_length: int = 10
+    # The function tag's head (engine.heads, engine.head_init); the defaults are the paper's.
+    readout: str = "last"  # last | mean (over the function tag's p vectors)
+    head_hidden: int = 0  # 0: linear; > 0: MLP width
+    head_init: str = "zero"  # zero | standardized | probe (closed-form fit on the untrained read-outs)
     isolate: bool | None = None  # None: on for regression function tags, as in the reference code
     reuse: bool | None = None  # reuse span keys/values (None: whenever isolated spans are frozen)
     cache_budget_gb: float | None = None  # bound on stored span keys/values; None = no bound
@@ -107,10 +113,16 @@ class TrainConfig:
         for name in ("eval_batch_size", "tag_length"):
             if getattr(self, name) < 1:
                 raise DomainLMError(f"{name} must be >= 1")
+        if self.head_init not in ("zero", "standardized", "probe"):
+            raise DomainLMError(f"head_init must be zero, standardized or probe, got {self.head_init!r}")
+        if self.head_init == "probe" and self.head_hidden:
+            raise DomainLMError("head_init 'probe' fits a linear head; it cannot start an MLP (head_hidden)")
         self.loop()  # the loop's own checks
 
     def loop(self) -> LoopSettings:
-        return LoopSettings(**{f.name: getattr(self, f.name) for f in fields(LoopSettings)})
+        own = {f.name for f in fields(self)}
+        given = {f.name: getattr(self, f.name) for f in fields(LoopSettings) if f.name in own}
+        return LoopSettings(**given, validate_at_start=self.head_init == "probe")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -255,6 +267,11 @@ def fit(
         f"training {sum(p.numel() for p in params.values()):,} parameters "
         f"({_summarise(list(params))}); {total_steps} optimizer steps"
     )
+    if s.validate_at_start and validate is not None and at.step == 0 and not at.history:
+        row = {"step": 0, "epoch": 0.0}
+        _validate(method, validate, select, params, at, row)
+        log(_describe(row, total_steps))
+        at.history.append(row)
     method.train_mode(True)
     tokens, started = 0, time.perf_counter()
     with progress_bar(total=total_steps, description=description, completed=at.step) as bar:

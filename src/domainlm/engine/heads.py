@@ -1,4 +1,11 @@
-"""Output heads read at a function tag's last position: a number (regression) or a class (classification)."""
+"""Output heads read at a function tag: a number (regression) or a class (classification).
+
+The paper's head is linear on the function tag's last vector, starting at zero. Two additions, both
+optional: the read-out may be the mean over the tag's p vectors, and the head may be a small MLP. Every
+head standardises its input with a fixed centre and scale (identity unless set from training read-outs
+by `domainlm.engine.head_init`): a frozen LLM's states differ between inputs by ~1% of their norm and a few
+dimensions dwarf the rest, which leaves a gradient-trained linear head badly conditioned.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from domainlm.errors import DomainLMError
+
+READOUTS = ("last", "mean")
 
 
 @dataclass
@@ -21,6 +30,8 @@ class HeadSpec:
     classes: list[str] | None = None  # class names, index order
     label_mean: float = 0.0
     label_std: float = 1.0
+    readout: str = "last"  # "last": the function tag's last vector (paper); "mean": mean over its p vectors
+    hidden: int = 0  # 0: linear (paper); > 0: an MLP with one hidden layer this wide
 
     def __post_init__(self):
         if self.type not in {"regression", "classification"}:
@@ -32,22 +43,48 @@ class HeadSpec:
                 raise DomainLMError(f"{len(self.classes)} class names given for n_classes={self.n_classes}")
         if not self.label_std > 0:
             raise DomainLMError(f"label_std must be positive, got {self.label_std}")
+        if self.readout not in READOUTS:
+            raise DomainLMError(f"head read-out must be one of {READOUTS}, got {self.readout!r}")
+        if self.hidden < 0:
+            raise DomainLMError(f"head hidden width must be >= 0, got {self.hidden}")
+
+    @property
+    def outputs(self) -> int:
+        return 1 if self.type == "regression" else self.n_classes
 
 
 class Head(nn.Module):
-    """A linear layer on the hidden state; starts at zero so a fresh head predicts the label mean."""
+    """Standardise, then linear (or MLP); the last layer starts at zero, so a fresh head predicts the label
+    mean (regression) or uniform classes."""
 
     def __init__(self, hidden_size: int, spec: HeadSpec):
         super().__init__()
         self.spec = spec
-        out = 1 if spec.type == "regression" else spec.n_classes
-        self.linear = nn.Linear(hidden_size, out)
+        self.register_buffer("center", torch.zeros(hidden_size))
+        self.register_buffer("scale", torch.ones(hidden_size))
+        if spec.hidden:
+            self.mlp = nn.Sequential(nn.Linear(hidden_size, spec.hidden), nn.GELU())
+            self.linear = nn.Linear(spec.hidden, spec.outputs)
+        else:
+            self.mlp = None
+            self.linear = nn.Linear(hidden_size, spec.outputs)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+        # Libraries written before heads standardised their input hold no centre / scale: identity.
+        state = dict(state)
+        state.setdefault("center", torch.zeros_like(self.center))
+        state.setdefault("scale", torch.ones_like(self.scale))
+        return super().load_state_dict(state, strict=strict, assign=assign)
+
+    def standardize(self, hidden: torch.Tensor) -> torch.Tensor:
+        return (hidden.float() - self.center) / self.scale
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Raw output: standardised value [B] or class logits [B, C]."""
-        out = self.linear(hidden.float())
+        x = self.standardize(hidden)
+        out = self.linear(self.mlp(x) if self.mlp is not None else x)
         return out.squeeze(-1) if self.spec.type == "regression" else out
 
     def predictions(self, raw: torch.Tensor) -> torch.Tensor:
@@ -60,3 +97,12 @@ class Head(nn.Module):
             target = (labels.float() - self.spec.label_mean) / self.spec.label_std
             return F.mse_loss(raw, target)
         return F.cross_entropy(raw, labels.long())
+
+
+def read_out(hidden: torch.Tensor, readout_index: torch.Tensor, spec: HeadSpec, length: int) -> torch.Tensor:
+    """[B, L, d] states -> [B, d] head input: the function tag's last vector, or the mean of its `length`."""
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    if spec.readout == "last":
+        return hidden[rows, readout_index]
+    offsets = torch.arange(-length + 1, 1, device=hidden.device)
+    return hidden[rows.unsqueeze(1), readout_index.unsqueeze(1) + offsets].mean(dim=1)

@@ -15,7 +15,7 @@ from domainlm.backbone import is_causal_lm, load, max_positions
 from domainlm.batching import pad_batch
 from domainlm.engine import attention
 from domainlm.engine.encoding import IGNORE, EncodedExample, Encoder, LengthPolicy, check_fits
-from domainlm.engine.heads import Head, HeadSpec
+from domainlm.engine.heads import Head, HeadSpec, read_out
 from domainlm.engine.library import TagLibrary, embedding_fingerprint, merge_libraries
 from domainlm.engine.tag_specs import TagSpec, initial_tag
 from domainlm.errors import DomainLMError, InputError
@@ -28,6 +28,7 @@ class TaggedOutput:
     task_loss: torch.Tensor | None = None
     lm_loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None  # LM logits, when asked for
+    features: torch.Tensor | None = None  # the head's input: read-out states [B, d]
 
 
 class TaggedModel(nn.Module):
@@ -88,6 +89,8 @@ class TaggedModel(nn.Module):
         char_level: bool = False,
         label_mean: float = 0.0,
         label_std: float = 1.0,
+        readout: str = "last",
+        head_hidden: int = 0,
     ) -> TagSpec:
         """Register a tag initialised as in the paper; a function tag may carry a regression or n-way head."""
         if name in self.specs:
@@ -97,7 +100,13 @@ class TaggedModel(nn.Module):
             if classes is not None and n_classes is None:
                 n_classes = len(classes)
             head_spec = HeadSpec(
-                head, n_classes=n_classes, classes=classes, label_mean=label_mean, label_std=label_std
+                head,
+                n_classes=n_classes,
+                classes=classes,
+                label_mean=label_mean,
+                label_std=label_std,
+                readout=readout,
+                hidden=head_hidden,
             )
         spec = TagSpec(name, kind, length=length, char_level=char_level, head=head_spec)
         emb = self.base.get_input_embeddings().weight
@@ -284,15 +293,19 @@ class TaggedModel(nn.Module):
                     logits[:, :-1].flatten(0, 1).float(), lm_labels[:, 1:].flatten(), ignore_index=IGNORE
                 )
         if head is not None:
-            rows = torch.arange(hidden.shape[0], device=hidden.device)
-            self.apply_head(out, head, hidden[rows, readout_index], labels)
+            self.apply_head(out, head, self.read_out(hidden, readout_index, head), labels)
         if out.lm_loss is not None:  # else the loss is the task loss `apply_head` set, if any
             weighted = lm_weight * out.lm_loss
             out.loss = weighted if out.task_loss is None else out.task_loss + weighted
         return out
 
+    def read_out(self, hidden: torch.Tensor, readout_index: torch.Tensor, head: str) -> torch.Tensor:
+        """The head's input from [B, L, d] states; `readout_index` is the function tag's last slot."""
+        return read_out(hidden, readout_index, self.specs[head].head, self.specs[head].length)
+
     def apply_head(self, out: TaggedOutput, head: str, hidden: torch.Tensor, labels=None) -> TaggedOutput:
         module = self.heads[head]
+        out.features = hidden
         raw = module(hidden)
         out.predictions = module.predictions(raw)
         if labels is not None:

@@ -179,9 +179,8 @@ def reused_forward(tm: TaggedModel, cache: SpanCache, inputs: list, labels=None)
             position_ids=batch["position_ids"],
         ).last_hidden_state
     readout = torch.tensor([ex.readout - start for ex, (_, start) in zip(examples, split)], device=device)
-    rows = torch.arange(B, device=device)
     label_tensor = tm.label_tensor(head, labels) if labels is not None else None
-    return tm.apply_head(TaggedOutput(), head, hidden[rows, readout], label_tensor)
+    return tm.apply_head(TaggedOutput(), head, tm.read_out(hidden, readout, head), label_tensor)
 
 
 def _assemble(stored, split, length: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:

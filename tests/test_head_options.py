@@ -1,0 +1,151 @@
+"""Head options beyond the paper: mean read-out, MLP head, standardised input and the probe-fitted start."""
+
+import numpy as np
+import pytest
+import torch
+
+from domainlm.engine.head_init import initialize_head
+from domainlm.engine.inference import predict, readout_features
+from domainlm.engine.model import TaggedModel
+from domainlm.engine.reuse import SpanCache, reused_forward
+from domainlm.errors import DomainLMError
+from domainlm.tagruns import train_tagged_task
+from domainlm.tasks.base import Example, TaskData, TaskSpec
+from domainlm.training import TrainConfig
+from tiny_models import PAIR_TEMPLATE, PAIRS, tiny_model
+
+TEMPLATE = "The SMILES is <SMILES> {smiles}. Value <Y>"
+
+
+def pair_model(**head) -> TaggedModel:
+    tm = TaggedModel(*tiny_model("llama"))
+    tm.add_tag("Protein", char_level=True)
+    tm.add_tag("SMILES", char_level=True)
+    tm.add_tag("BA", "function", head="regression", label_mean=6.0, **head)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in tm.tag_vectors.values():
+            p.add_(0.1 * torch.randn_like(p))
+        tm.heads["BA"].linear.weight.normal_()
+    tm.set_trainable(names=["BA"])
+    return tm
+
+
+def molecules(n: int, seed: int = 0) -> list[Example]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        s = "".join(rng.choice(list("CNOS"), size=int(rng.integers(3, 10))))
+        out.append(Example(str(i), {"smiles": s}, s.count("C") / len(s) + 0.1 * s.count("N")))
+    return out
+
+
+def test_mean_readout_reuses_exactly_and_differs_from_last():
+    texts = [PAIR_TEMPLATE.format(p=p, s=s) for p, s in PAIRS]
+    labels = [5.0, 7.0, 6.0, 6.5]
+    tm = pair_model(readout="mean", head_hidden=6)
+    full = tm(**tm.encode(texts, labels, isolate=True))
+    full.loss.backward()
+    grads = {k: p.grad.clone() for k, p in tm.trainable_parameters().items()}
+    tm.zero_grad()
+    reused = reused_forward(tm, SpanCache(tm), texts, labels)
+    reused.loss.backward()
+    torch.testing.assert_close(reused.features, full.features, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(reused.predictions, full.predictions, rtol=1e-5, atol=1e-5)
+    for k, p in tm.trainable_parameters().items():
+        torch.testing.assert_close(p.grad, grads[k], rtol=1e-4, atol=1e-5)
+    # the mean over p vectors is not the last vector
+    batch = tm.encode(texts, isolate=True)
+    names = ("input_ids", "attention_mask", "tag_index", "position_ids", "segment_ids", "function_segment")
+    hidden = tm.hidden_states(**{k: batch[k] for k in names}, isolate=True)
+    last = hidden[torch.arange(len(texts)), batch["readout_index"]]
+    assert not torch.allclose(last, full.features)
+
+
+def test_mean_readout_is_padding_side_independent():
+    tm = pair_model(readout="mean")
+    texts = [PAIR_TEMPLATE.format(p=p, s=s) for p, s in PAIRS]
+    with torch.no_grad():
+        right = tm(**tm.encode(texts, padding_side="right")).predictions
+        left = tm(**tm.encode(texts, padding_side="left")).predictions
+    torch.testing.assert_close(left, right, rtol=1e-4, atol=1e-4)
+
+
+def test_probe_start_equals_a_ridge_on_the_readouts():
+    from sklearn.linear_model import RidgeCV
+
+    from domainlm.engine.head_init import RIDGE_ALPHAS
+
+    tm = TaggedModel(*tiny_model("llama"))
+    tm.add_tag("SMILES", char_level=True)
+    tm.add_tag("Y", "function", head="regression", label_mean=0.5, label_std=0.2)
+    inputs = [TEMPLATE.replace("{smiles}", ex.fields["smiles"]) for ex in molecules(40)]
+    labels = np.array([ex.label for ex in molecules(40)])
+    feats = readout_features(tm, inputs, isolate=True)
+    info = initialize_head(tm, "Y", feats, labels, "probe")
+    z = (feats - feats.mean(0)) / np.maximum(feats.std(0), 1e-3 * feats.std(0).mean())
+    ridge = RidgeCV(alphas=RIDGE_ALPHAS).fit(z, (labels - 0.5) / 0.2)
+    expected = ridge.predict(z) * 0.2 + 0.5
+    got = predict(tm, inputs, isolate=True)
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
+    assert info["probe_alpha"] == pytest.approx(ridge.alpha_)
+    # and it is a real fit: far better than the mean on the training inputs
+    assert np.mean((got - labels) ** 2) < 0.5 * np.var(labels)
+
+
+def test_probe_start_classification_predicts_the_training_classes():
+    tm = TaggedModel(*tiny_model("llama"))
+    tm.add_tag("SMILES", char_level=True)
+    tm.add_tag("Y", "function", head="classification", n_classes=3)
+    exs = molecules(45)
+    inputs = [TEMPLATE.replace("{smiles}", ex.fields["smiles"]) for ex in exs]
+    labels = np.array([min(2, int(ex.label * 3)) for ex in exs])
+    feats = readout_features(tm, inputs, isolate=False)
+    info = initialize_head(tm, "Y", feats, labels, "probe")
+    accuracy = float((predict(tm, inputs, isolate=False).argmax(-1) == labels).mean())
+    assert accuracy == pytest.approx(info["probe_train_accuracy"], abs=1e-4)
+    assert accuracy > np.bincount(labels).max() / len(labels)
+
+
+def test_probe_needs_a_linear_head():
+    with pytest.raises(DomainLMError, match="linear head"):
+        TrainConfig(head_init="probe", head_hidden=16)
+    with pytest.raises(DomainLMError, match="head_init"):
+        TrainConfig(head_init="ridge")
+
+
+def test_run_with_probe_start_keeps_the_start_when_training_only_hurts(tmp_path):
+    spec = TaskSpec("toy", TEMPLATE)
+    exs = molecules(60)
+    data = TaskData(exs[:40], exs[40:50], exs[50:])
+    tm = TaggedModel(*tiny_model("llama"))
+    # a learning rate this large wrecks the tags: selection must fall back to the probe-fitted start (step 0)
+    config = TrainConfig(
+        epochs=1, lr=5.0, batch_size=8, grad_accum=1, head_init="probe", evals_per_epoch=1, warmup_ratio=0
+    )
+    result = train_tagged_task(spec, data, tm, tmp_path / "run", config)
+    history = __import__("json").loads((tmp_path / "run" / "history.json").read_text())
+    rows = history["steps"] if isinstance(history, dict) else history
+    assert rows[0]["step"] == 0 and "val_mse" in rows[0]
+    assert result["head"]["head_init"] == "probe" and result["best_step"] == 0
+    assert result["val_mse"] == pytest.approx(rows[0]["val_mse"], rel=1e-4)
+
+
+def test_library_keeps_the_standardisation_and_reads_old_heads(tmp_path):
+    tm = TaggedModel(*tiny_model("llama"))
+    tm.add_tag("SMILES", char_level=True)
+    tm.add_tag("Y", "function", head="regression", readout="mean", head_hidden=4)
+    inputs = [TEMPLATE.replace("{smiles}", ex.fields["smiles"]) for ex in molecules(12)]
+    initialize_head(tm, "Y", readout_features(tm, inputs, isolate=True), np.zeros(12), "standardized")
+    with torch.no_grad():
+        tm.heads["Y"].linear.weight.normal_()
+    before = predict(tm, inputs, isolate=True)
+    tm.save_tags(tmp_path / "lib")
+    other = TaggedModel(*tiny_model("llama"))
+    other.load_tags(tmp_path / "lib")
+    assert other.specs["Y"].head.readout == "mean" and other.specs["Y"].head.hidden == 4
+    np.testing.assert_allclose(predict(other, inputs, isolate=True), before, rtol=1e-5, atol=1e-6)
+    # a head saved before heads standardised (no center / scale) loads as identity
+    state = {k: v for k, v in tm.heads["Y"].state_dict().items() if k not in {"center", "scale"}}
+    other.heads["Y"].load_state_dict(state)
+    assert torch.equal(other.heads["Y"].scale, torch.ones_like(other.heads["Y"].scale))
