@@ -13,6 +13,7 @@ class InputError(DomainLMError):
     def __init__(self, message: str, *, source: str | None = None, item: str | int | None = None):
         self.source = source
         self.item = item
+        self.reason = message  # the problem without its location, e.g. for a column of reasons
         parts = []
         if source is not None:
             parts.append(str(source))

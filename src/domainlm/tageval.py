@@ -10,7 +10,7 @@ from domainlm.engine.model import TaggedModel
 from domainlm.engine.template import Template
 from domainlm.errors import DomainLMError
 from domainlm.runs import finished_run_config
-from domainlm.tagruns import evaluate_split, render_split
+from domainlm.tagruns import check_lengths, evaluate_split, render_split
 from domainlm.tasks.resolve import resolve_task
 
 
@@ -30,9 +30,12 @@ def evaluate_run(run_dir, *, split: str = "test", data_dir=None, data=None, devi
     if split not in task_data.splits():
         raise DomainLMError(f"split must be one of {list(task_data.splits())}")
     tm = TaggedModel.from_pretrained(config.model, dtype=config.train.dtype, device=device)
+    tm.set_length_policy(config.train.overflow, config.train.max_span_tokens)  # as the run trained
     tm.load_tags(Path(run_dir) / "tags")
     examples = task_data.splits()[split] if not data else task_data.train + task_data.val + task_data.test
     rendered = render_split(Template(spec.template), examples, str(data or spec.name))
+    where = [ex.where for ex in examples]
+    check_lengths(tm, rendered.inputs, bool(config.isolate), source=task_data.info.get("source"), where=where)
     scores, _ = evaluate_split(
         tm, rendered, spec, isolate=bool(config.isolate), description=f"scoring {split}"
     )

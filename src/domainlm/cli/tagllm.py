@@ -155,7 +155,14 @@ def predict(
     tags: Annotated[list[str], Opt(help="tag libraries (instead of --run)")] = None,
     model: Annotated[str, Opt(help="base model (instead of --run)")] = None,
     template: Annotated[str, Opt(help="template (instead of --run)")] = None,
-    skip_invalid: Annotated[bool, Opt("--skip-invalid", help="skip invalid rows, counted")] = False,
+    skip_invalid: Annotated[
+        bool,
+        Opt(
+            "--skip-invalid",
+            help="write invalid rows with an empty prediction and a reason column, counted, instead of "
+            "stopping",
+        ),
+    ] = False,
     batch_size: Annotated[int, Opt(help="batch size")] = 32,
     device: Annotated[str, Opt(help="device")] = None,
 ):
