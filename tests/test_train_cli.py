@@ -145,9 +145,8 @@ def test_enrich_moves_the_stage_one_tag(model_dir, stage_one, tmp_path):
 
 def test_interrupted_run_resumes_from_its_checkpoint_to_the_same_result(model_dir, tmp_path, monkeypatch):
     data = write_csv(tmp_path / "toy.csv", with_splits(toy_rows(24), 4, 4), ("smiles", "y", "split"))
-    (tmp_path / "config.yaml").write_text("checkpoint_every: 2\n")  # 3 epochs x 4 batches = 12 steps
     extra = ["--split-column", "split", "--char-level", "SMILES", "--train-domain-tags"]
-    extra += ["--config", tmp_path / "config.yaml"]
+    extra += ["--checkpoint-every", 2]  # 3 epochs x 4 batches = 12 steps
     model, real_step, calls = model_dir("llama"), torch.optim.AdamW.step, []
     assert train_user_task(model, data, tmp_path / "full", *extra).exit_code == 0
 
@@ -165,6 +164,7 @@ def test_interrupted_run_resumes_from_its_checkpoint_to_the_same_result(model_di
     calls.clear()
     assert train_user_task(model, data, tmp_path / "cut", *extra, "--resume").exit_code == 0
     assert len(calls) == 6  # only the steps after the checkpoint
+    assert "resumed from" in (tmp_path / "cut" / "train.log").read_text()  # and says so
     full, resumed = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("full", "cut"))
     assert resumed["test_mse"] == pytest.approx(full["test_mse"], rel=1e-5)
 

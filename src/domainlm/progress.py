@@ -1,4 +1,5 @@
-"""A progress bar that is quiet when not attached to a terminal (CI logs stay readable)."""
+"""A progress bar on a terminal; elsewhere (CI logs, `make demo > log`) a log line every few percent instead,
+so a long run is never silent and its log stays readable."""
 
 from __future__ import annotations
 
@@ -14,17 +15,21 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+LOG_LINES = 20  # lines a run logs instead of a bar: one every 5% of its steps
+
 
 class _Bar:
-    def __init__(self, progress: Progress | None, task):
+    def __init__(self, progress: Progress | None, task, log=None, total: int = 0, description: str = ""):
         self._progress, self._task = progress, task
+        self._log, self._total, self._description = log, total, description
+        self._every = max(1, total // LOG_LINES)
 
     def update(self, completed: int, **fields) -> None:
+        info = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
         if self._progress is not None:
-            info = "  ".join(
-                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items()
-            )
             self._progress.update(self._task, completed=completed, info=info)
+        elif self._log is not None and (completed % self._every == 0 or completed >= self._total):
+            self._log(f"{self._description}: {completed}/{self._total} {info}".rstrip())
 
 
 def batches_by_length(lengths: list[int], batch_size: int, description: str):
@@ -37,9 +42,10 @@ def batches_by_length(lengths: list[int], batch_size: int, description: str):
 
 
 @contextlib.contextmanager
-def progress_bar(total: int, description: str, completed: int = 0):
+def progress_bar(total: int, description: str, completed: int = 0, log=None):
+    """A bar on a terminal; otherwise, with `log`, a log line every 1/LOG_LINES of `total`."""
     if not sys.stderr.isatty():
-        yield _Bar(None, None)
+        yield _Bar(None, None, log, total, description)
         return
     progress = Progress(
         TextColumn("[bold]{task.description}"),

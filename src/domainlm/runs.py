@@ -175,7 +175,7 @@ class RunDirectory:
 def _file_logger(path: Path) -> logging.Logger:
     logger = logging.getLogger(f"domainlm.run.{path.resolve()}")
     logger.setLevel(logging.INFO)
-    logger.propagate = False
+    logger.propagate = True  # also to the `domainlm` logger, which the CLI shows on stderr
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
     handler = logging.FileHandler(path, encoding="utf-8")

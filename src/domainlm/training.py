@@ -11,11 +11,13 @@
 * non-finite losses: a batch whose loss is NaN or infinite is skipped (no gradient) and a step whose gradient
   norm is not finite is not applied; both count in the step's history row (`skipped_batches`) and are logged;
   `NONFINITE_LIMIT` skipped batches in a row raise a `DomainLMError`, as the run has diverged;
-* checkpoints: every `checkpoint_every` steps, at each epoch's end and after the last step, one file written
-  atomically, holding only tensors and plain values (loaded with `weights_only=True`): trainable weights,
+* checkpoints: every `checkpoint_every` steps, at each epoch's end, after the last step and when Ctrl-C or
+  SIGTERM stops the run (at the end of the step under way: `interrupts`), one file written atomically,
+  holding only tensors and plain values (loaded with `weights_only=True`): trainable weights,
   optimizer, schedule, random states, position, history and best state. Resuming from it continues exactly
   as the uninterrupted run would have;
-* progress: a progress bar, and a log line at each validation.
+* progress: a progress bar on a terminal (elsewhere a log line every 5% of the steps), and a log line at each
+  validation; `resume` says which step it continues after, or that there is no checkpoint to continue.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch
 
 from domainlm import io
 from domainlm.errors import DomainLMError
+from domainlm.interrupts import TrainingInterrupted, deferred_interrupts
 from domainlm.metrics import selection_value
 from domainlm.progress import progress_bar
 
@@ -261,7 +264,9 @@ def fit(
     at = _Position()
     if resume and checkpoint is not None and Path(checkpoint).exists():
         at = _load(Path(checkpoint), s, params, optimizer, scheduler)
-        log(f"resumed at epoch {at.epoch}, step {at.step}")
+        log(f"resumed from {checkpoint} after step {at.step} of {total_steps} ({at.epoch} epochs done)")
+    elif resume:
+        log(f"resume: no checkpoint at {checkpoint}, so training starts from step 0")
     eval_every = max(1, steps_per_epoch // s.evals_per_epoch)
     log(
         f"training {sum(p.numel() for p in params.values()):,} parameters "
@@ -274,7 +279,8 @@ def fit(
         at.history.append(row)
     method.train_mode(True)
     tokens, started = 0, time.perf_counter()
-    with progress_bar(total=total_steps, description=description, completed=at.step) as bar:
+    bar = progress_bar(total=total_steps, description=description, completed=at.step, log=log)
+    with deferred_interrupts() as stop, bar as bar:
         while at.step < total_steps:
             batches = method.batches(s.batch_size, s.seed + at.epoch)
             groups = [batches[i : i + s.grad_accum] for i in range(0, len(batches), s.grad_accum)]
@@ -323,8 +329,10 @@ def fit(
                 if epoch_done:
                     at.epoch, at.next_group = at.epoch + 1, 0
                 due = s.checkpoint_every and at.step % s.checkpoint_every == 0
-                if checkpoint is not None and (due or epoch_done or at.step >= total_steps):
+                if checkpoint is not None and (due or epoch_done or at.step >= total_steps or stop.signal):
                     _save(Path(checkpoint), s, params, optimizer, scheduler, at)
+                if stop.signal:
+                    raise TrainingInterrupted(_stopped(stop.signal, at.step, total_steps, checkpoint))
                 if epoch_done:
                     break
     seconds = time.perf_counter() - started
@@ -341,6 +349,15 @@ def fit(
         skipped_batches=at.skipped,
         seconds=seconds,
         tokens_per_s=tokens / max(1e-9, seconds),
+    )
+
+
+def _stopped(signal_name: str, step: int, total_steps: int, checkpoint: Path | None) -> str:
+    if checkpoint is None:
+        return f"{signal_name} after step {step} of {total_steps}; nothing was saved (no checkpoint file)"
+    return (
+        f"{signal_name} after step {step} of {total_steps}: checkpoint written to {checkpoint}; "
+        "continue with the same command and --resume"
     )
 
 

@@ -29,7 +29,7 @@ console = Console()
 
 Opt = typer.Option
 # Keys of `train`'s config file that no flag sets.
-FILE_ONLY_OPTIONS = ("eval_batch_size", "checkpoint_every", "warmup_ratio", "weight_decay", "val_fraction")
+FILE_ONLY_OPTIONS = ("eval_batch_size", "warmup_ratio", "weight_decay", "val_fraction")
 
 
 @app.command()
@@ -105,6 +105,13 @@ def train(
         bool, Opt("--train-domain-tags", help="train domain tags jointly with the task loss (for encoders)")
     ] = None,
     seed: Annotated[int, Opt(help="random seed")] = None,
+    checkpoint_every: Annotated[
+        int,
+        Opt(
+            help="write checkpoint.pt every N optimizer steps (0: never between); always also at each "
+            "epoch's end and on Ctrl-C / SIGTERM, for --resume"
+        ),
+    ] = None,
     dtype: Annotated[str, Opt(help="float32 | bfloat16 | float16")] = None,
     device: Annotated[str, Opt(help="cpu, cuda, cuda:1, ... (default: model's)")] = None,
     config: Annotated[Path, Opt(help="YAML file with any of these options; flags override it")] = None,
