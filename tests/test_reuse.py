@@ -58,3 +58,40 @@ def test_windowed_long_spans_reuse_exactly():
         expected = tm(**tm.encode(texts, isolate=True)).predictions
         got = reused_forward(tm, SpanCache(tm), texts).predictions
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_shared_store_never_serves_spans_of_other_domain_tags():
+    tm = tagged_pair_model("llama")
+    texts = [PAIR_TEMPLATE.format(p=p, s=s) for p, s in PAIRS]
+    cache = SpanCache(tm)
+    with torch.no_grad():
+        reused_forward(tm, cache, texts)
+        assert cache.stats.misses == 7
+        reused_forward(tm, cache, texts)
+        assert cache.stats.misses == 7  # the same tags: every span a hit
+        tm.tag_vectors["SMILES"].add_(0.5)  # another run's <SMILES>
+        got = reused_forward(tm, cache, texts).predictions
+        expected = tm(**tm.encode(texts, isolate=True)).predictions
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert cache.stats.misses == 7 + 7  # the store is keyed by all domain tags: every span recomputed
+
+
+def test_a_sweep_shares_one_store_between_runs(tmp_path):
+    from domainlm.tagruns import train_tagged_task
+    from domainlm.tasks.base import Example, TaskData, TaskSpec
+    from domainlm.training import TrainConfig
+
+    tm = tagged_pair_model("llama")
+    spec = TaskSpec("pairs", PAIR_TEMPLATE.replace("{p}", "{protein}").replace("{s}", "{smiles}"))
+    rows = [Example(str(i), {"protein": p, "smiles": s}, 5.0 + i) for i, (p, s) in enumerate(PAIRS)]
+    data = TaskData(rows, rows[:2], rows[2:])
+    cache = SpanCache(tm)
+    config = TrainConfig(epochs=1, batch_size=2, grad_accum=1, lr=1e-3)
+    for run in ("a", "b"):
+        tm.remove_tag("BA")
+        train_tagged_task(spec, data, tm, tmp_path / run, config, span_cache=cache)
+        if run == "a":
+            first = cache.stats.misses
+    assert cache.stats.misses == first  # the second run computed nothing anew
+    with pytest.raises(Exception, match="belong to the model"):
+        train_tagged_task(spec, data, tagged_pair_model("llama"), tmp_path / "c", config, span_cache=cache)

@@ -26,12 +26,12 @@ def test_a_full_store_evicts_the_least_recently_used_span():
     unbounded = SpanCache(tm)
     with torch.no_grad():
         reused_forward(tm, unbounded, [a, b, c])
-    budget = unbounded.bytes - nbytes(unbounded.store[key[a]])  # room for all but one protein
+    budget = unbounded.bytes - nbytes(unbounded.entry(key[a]))  # room for all but one protein
     cache = SpanCache(tm, budget_bytes=budget)
     with torch.no_grad():
         for text in (a, b, a, c):  # a is used again after b, so b is the least recently used when c comes
             reused_forward(tm, cache, [text])
-    assert key[a] in cache.store and key[c] in cache.store and key[b] not in cache.store
+    assert cache.entry(key[a]) is not None and cache.entry(key[c]) is not None and cache.entry(key[b]) is None
     assert cache.stats.evictions == 1 and cache.bytes <= budget
 
 

@@ -121,10 +121,12 @@ def train_tagged_task(
     overwrite: bool = False,
     on_conflict: str | dict = "error",
     source: TaskSource | None = None,
+    span_cache=None,
 ) -> dict[str, Any]:
     """Train the task's function tag (and heads) and evaluate; returns metrics, parameter counts and time.
     `source` says where the task came from, for the run's config.yaml (None: only the spec's template and
-    head are recorded, so `domainlm eval` has no data to reload)."""
+    head are recorded, so `domainlm eval` has no data to reload). `span_cache`: a `SpanCache` of `model` to
+    share between runs (a sweep over function-tag settings computes each span once)."""
     started = time.time()
     source = source or TaskSource(
         template=spec.template, head=spec.head, n_classes=spec.n_classes, char_level=spec.char_level_tags
@@ -145,7 +147,12 @@ def train_tagged_task(
         new_head = prepare_tags(tm, template, spec, data.train, config, classes=data.info.get("classes"))
         splits = {name: render_split(template, exs, spec.name) for name, exs in data.splits().items()}
         method = TagMethod(
-            tm, config, splits["train"], function_tag=template.function_tag, domain_tags=template.domain_tags
+            tm,
+            config,
+            splits["train"],
+            function_tag=template.function_tag,
+            domain_tags=template.domain_tags,
+            cache=span_cache,
         )
         # Lengths are checked before anything runs the model (with or without span reuse), naming the row.
         where = {name: [ex.where for ex in exs] for name, exs in data.splits().items()}

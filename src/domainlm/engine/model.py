@@ -113,6 +113,15 @@ class TaggedModel(nn.Module):
         self._install(spec, initial_tag(emb, length))
         return spec
 
+    def remove_tag(self, name: str) -> None:
+        """Drop a tag and its head (e.g. to train a function tag again from scratch)."""
+        if name not in self.specs:
+            raise DomainLMError(f"no tag <{name}> to remove; the model holds {sorted(self.specs)}")
+        del self.specs[name], self.tag_vectors[name]
+        if name in self.heads:
+            del self.heads[name]
+        self._encoder = None
+
     def _install(self, spec: TagSpec, vectors: torch.Tensor, head_state: dict | None = None) -> None:
         if vectors.shape != (spec.length, self.hidden_size):
             raise DomainLMError(

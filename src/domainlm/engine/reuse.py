@@ -13,6 +13,7 @@ not (a 7B model), batches grouped by span (`group`) still compute each span once
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -57,6 +58,23 @@ def split_example(ex: EncodedExample) -> tuple[list[tuple[SpanKey, list[int], li
     return spans, start
 
 
+def domain_tag_digest(tm: TaggedModel) -> str:
+    """Identifies the domain tags a span's keys/values depend on: names, table offsets and values. Memoised
+    on the tensors' version counters, so a step pays no device-to-host copy while the tags stay put."""
+    offsets = tm.encoder.offsets.items()
+    domain = [(n, o, tm.tag_vectors[n]) for n, o in offsets if tm.specs[n].kind == "domain"]
+    signature = tuple((n, o, id(v), v._version) for n, o, v in domain)
+    memo = getattr(tm, "_domain_digest", None)
+    if memo is not None and memo[0] == signature:
+        return memo[1]
+    digest = hashlib.sha1()
+    for name, offset, vectors in domain:
+        digest.update(f"{name}@{offset};".encode())
+        digest.update(vectors.detach().float().cpu().numpy().tobytes())
+    tm._domain_digest = (signature, digest.hexdigest())
+    return tm._domain_digest[1]
+
+
 def longest_span_key(tm: TaggedModel, item, index: int = 0) -> SpanKey:
     """The key of an input's longest span (e.g. its protein): what batches are grouped by."""
     spans, _ = split_example(tm.encoder.encode(item, index, isolate=True))
@@ -84,17 +102,20 @@ class SpanCache:
                 f"{type(tm.base).__name__} does not"
             )
         self.tm, self.budget, self.dtype, self.batch_size = tm, budget_bytes, dtype, batch_size
-        self.store: OrderedDict[SpanKey, torch.Tensor] = OrderedDict()
+        # Keyed by the domain tags' values too: a store shared by several runs on one model (a sweep) never
+        # serves keys/values computed under other domain tags.
+        self.store: OrderedDict[tuple[str, SpanKey], torch.Tensor] = OrderedDict()
         self.bytes = 0
         self.stats = ReuseStats()
 
     def get(self, spans: list[tuple[SpanKey, list[int], list[int]]]) -> dict[SpanKey, list]:
         wanted = {key: (ids, slots) for key, ids, slots in spans}
+        version = domain_tag_digest(self.tm)
         found = {}
         for key in wanted:
-            if key in self.store:
-                self.store.move_to_end(key)
-                found[key] = self.store[key]
+            if (version, key) in self.store:
+                self.store.move_to_end((version, key))
+                found[key] = self.store[(version, key)]
                 self.stats.hits += 1
         missing = [(k, *wanted[k]) for k in wanted if k not in found]
         self.stats.misses += len(missing)
@@ -103,10 +124,14 @@ class SpanCache:
             chunk = missing[s : s + self.batch_size]
             for key, kv in zip([c[0] for c in chunk], self._compute(chunk)):
                 found[key] = kv
-                self._insert(key, kv)
+                self._insert((version, key), kv)
         return found
 
-    def _insert(self, key: SpanKey, kv: torch.Tensor) -> None:
+    def entry(self, key: SpanKey) -> torch.Tensor | None:
+        """A span's stored keys/values under the model's current domain tags (None: not stored)."""
+        return self.store.get((domain_tag_digest(self.tm), key))
+
+    def _insert(self, key: tuple[str, SpanKey], kv: torch.Tensor) -> None:
         size = kv.numel() * kv.element_size()
         if self.budget is not None and size > self.budget:
             return

@@ -84,12 +84,18 @@ class TagMethod(TrainableMethod):
         *,
         function_tag: str | None,
         domain_tags: list[str],
+        cache: SpanCache | None = None,
     ):
+        """`cache`: a span store to share (several runs on one model); by default each run makes its own."""
         self.tm, self.module, self.config, self.split = tm, tm, config, train
         setup = configure(tm, config, function_tag, domain_tags)
         self.isolate, self.reuse = setup.isolate, setup.reuse
         self.cache = None
-        if self.reuse:
+        if self.reuse and cache is not None:
+            if cache.tm is not tm:
+                raise DomainLMError("a shared span store must belong to the model being trained")
+            self.cache = cache
+        elif self.reuse:
             budget = None if config.cache_budget_gb is None else int(config.cache_budget_gb * 2**30)
             dtype = DTYPES[config.cache_dtype] if config.cache_dtype else None
             self.cache = SpanCache(tm, budget_bytes=budget, dtype=dtype)
