@@ -60,9 +60,10 @@ class BenchSettings:
     tags: list[str] = field(default_factory=list)  # stage-1 tag libraries for the tag method
     train_domain_tags: bool | None = None  # None: train them jointly unless libraries are given
     folds: list[str] | None = None  # a subset of the task's folds
-    # Inputs longer than the model's positions: the tag method's overflow policy; the peft baselines always
-    # cut the data span's end (both counted in the rows).
-    overflow: str = "truncate"
+    # Inputs longer than the model's positions: the tag method's overflow policy, by default `train`'s (error:
+    # refused before any step, naming the item); the peft baselines always cut the data span's end (both
+    # counted in the rows).
+    overflow: str = "error"
     max_span_tokens: int | None = None  # tag method: longest data span kept whole (truncate / window)
     # Tag method engine: isolated spans (None: the task's default) and reuse of span keys/values
     # (None: whenever isolated spans are frozen), bounded by a memory budget and optionally stored in 16 bits.

@@ -29,6 +29,23 @@ def _register() -> None:
     for name in COMMAND_MODULES:
         importlib.import_module(f"domainlm.cli.{name}")
     _wrap_commands(app)
+    _flags_without_type()
+
+
+def _flags_without_type() -> None:
+    """Help shows no value type for flags (--resume, --isolate/--no-isolate, --help): they take no value,
+    and typer's `<bool>` there reads as if they did."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "domainlm", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich.domainlm = True
+    TyperOption.display_type_rich = display_type_rich
 
 
 def _wrap_commands(typer_app: typer.Typer) -> None:

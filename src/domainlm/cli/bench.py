@@ -40,7 +40,7 @@ def bench(
     ] = None,
     out: Annotated[
         Path, Opt(help="folder for <task>.md, <task>.json and <task>/ (rows, plots, runs)")
-    ] = Path("benchmarks/results"),
+    ] = Path("runs/bench"),
     methods: Annotated[list[str], Opt("--methods", "--method", help=METHODS_HELP)] = None,
     limit_train: Annotated[int, Opt(help="use only the first N training examples (after the split)")] = None,
     limit_eval: Annotated[int, Opt(help="use only the first N validation and N test examples")] = None,
@@ -83,7 +83,7 @@ def bench(
         ),
     ] = None,
     fold: Annotated[list[str], Opt(help="run only this fold (repeatable; multi-fold tasks)")] = None,
-    overflow: OverflowOpt = "truncate",
+    overflow: OverflowOpt = "error",
     max_span_tokens: MaxSpanOpt = None,
     isolate: IsolateOpt = None,
     reuse: ReuseOpt = None,
@@ -131,14 +131,16 @@ def print_table(rows: list[dict], task: str, out: Path) -> None:
     metric_keys = [k for k in rows[0] if k.startswith("test_")] if rows else []
     table = Table(title=f"{task}: {out / (task + '.md')}")
     for column in ["method", "fold", *metric_keys, "trainable_params", "seconds"]:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in rows:
         cells = [row["method"], row["fold"]]
         cells += [f"{row[k]:.4g}" if isinstance(row.get(k), float) else "n/a" for k in metric_keys]
         params = row.get("trainable_params")
         cells += [f"{params:,}" if params is not None else "n/a", f"{row['seconds']:.0f}"]
         table.add_row(*cells)
-    Console().print(table)
+    # A pipe or log gets the whole table rather than 80 columns; a narrow terminal wraps cells (fold).
+    console = Console()
+    (console if console.is_terminal else Console(width=1000)).print(table)
 
 
 def _print_anchors(rows: list[dict], task: str) -> None:

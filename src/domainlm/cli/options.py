@@ -33,13 +33,12 @@ CacheBudgetOpt = Annotated[
 CacheDtypeOpt = Annotated[
     str, typer.Option(help="store reused keys/values as bfloat16 or float16 (half the memory)")
 ]
-OverflowOpt = Annotated[
-    str,
-    typer.Option(
-        help="over-long inputs: error, truncate (keep the start of long data spans), or window (split long "
-        "spans into windows, each behind its own domain tag); counts are logged"
-    ),
-]
+OVERFLOW_HELP = (
+    "over-long inputs: error (refused before training, naming file and line), truncate (keep the start of "
+    "long data spans) or window (split long spans into windows, each behind its own domain tag); counts are "
+    "logged"
+)
+OverflowOpt = Annotated[str, typer.Option(help=OVERFLOW_HELP)]
 MaxSpanOpt = Annotated[int, typer.Option(help="longest data span kept whole (truncate length / window size)")]
 
 

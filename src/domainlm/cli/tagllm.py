@@ -12,11 +12,11 @@ from rich.table import Table
 
 from domainlm.cli import app
 from domainlm.cli.options import (
+    OVERFLOW_HELP,
     CacheBudgetOpt,
     CacheDtypeOpt,
     IsolateOpt,
     MaxSpanOpt,
-    OverflowOpt,
     ReuseOpt,
     load_config_file,
     merge,
@@ -28,6 +28,27 @@ from domainlm.errors import DomainLMError
 console = Console()
 
 Opt = typer.Option
+# What `train` uses when neither a flag nor --config gives an option: TrainConfig's defaults, restated so help
+# can show them without importing torch (tests/test_cli_help.py checks they agree). The flags themselves
+# default to None, so that a config file can set them.
+TRAIN_DEFAULTS = {
+    "epochs": 2.0,
+    "lr": 1e-4,
+    "batch_size": 4,
+    "grad_accum": 8,
+    "tag_length": 10,
+    "overflow": "error",
+    "seed": 0,
+    "checkpoint_every": 50,
+    "dtype": "float32",
+}
+
+
+def shown(help_text: str, name: str) -> str:
+    """Help ending in the option's default, as the other commands' help shows theirs."""
+    return f"{help_text} (default: {TRAIN_DEFAULTS[name]})"
+
+
 # Keys of `train`'s config file that no flag sets.
 FILE_ONLY_OPTIONS = ("eval_batch_size", "warmup_ratio", "weight_decay", "val_fraction")
 
@@ -87,16 +108,16 @@ def train(
     skip_invalid: Annotated[
         bool, Opt("--skip-invalid", help="skip invalid rows, counted, instead of stopping")
     ] = None,
-    epochs: Annotated[float, Opt(help="epochs (fractions allowed)")] = None,
-    lr: Annotated[float, Opt(help="AdamW learning rate")] = None,
-    batch_size: Annotated[int, Opt(help="batch size")] = None,
-    grad_accum: Annotated[int, Opt(help="gradient accumulation steps")] = None,
-    tag_length: Annotated[int, Opt(help="vectors per new tag (p)")] = None,
+    epochs: Annotated[float, Opt(help=shown("epochs (fractions allowed)", "epochs"))] = None,
+    lr: Annotated[float, Opt(help=shown("AdamW learning rate", "lr"))] = None,
+    batch_size: Annotated[int, Opt(help=shown("batch size", "batch_size"))] = None,
+    grad_accum: Annotated[int, Opt(help=shown("gradient accumulation steps", "grad_accum"))] = None,
+    tag_length: Annotated[int, Opt(help=shown("vectors per new tag (p)", "tag_length"))] = None,
     isolate: IsolateOpt = None,
     reuse: ReuseOpt = None,
     cache_budget_gb: CacheBudgetOpt = None,
     cache_dtype: CacheDtypeOpt = None,
-    overflow: OverflowOpt = None,
+    overflow: Annotated[str, Opt(help=shown(OVERFLOW_HELP, "overflow"))] = None,
     max_span_tokens: MaxSpanOpt = None,
     enrich: Annotated[
         bool, Opt("--enrich", help="also train domain tags with the LM loss (paper ablation)")
@@ -104,15 +125,18 @@ def train(
     train_domain_tags: Annotated[
         bool, Opt("--train-domain-tags", help="train domain tags jointly with the task loss (for encoders)")
     ] = None,
-    seed: Annotated[int, Opt(help="random seed")] = None,
+    seed: Annotated[int, Opt(help=shown("random seed", "seed"))] = None,
     checkpoint_every: Annotated[
         int,
         Opt(
-            help="write checkpoint.pt every N optimizer steps (0: never between); always also at each "
-            "epoch's end and on Ctrl-C / SIGTERM, for --resume"
+            help=shown(
+                "write checkpoint.pt every N optimizer steps (0: never between); always also at each epoch's "
+                "end and on Ctrl-C / SIGTERM, for --resume",
+                "checkpoint_every",
+            ),
         ),
     ] = None,
-    dtype: Annotated[str, Opt(help="float32 | bfloat16 | float16")] = None,
+    dtype: Annotated[str, Opt(help=shown("float32 | bfloat16 | float16", "dtype"))] = None,
     device: Annotated[str, Opt(help="cpu, cuda, cuda:1, ... (default: model's)")] = None,
     config: Annotated[Path, Opt(help="YAML file with any of these options; flags override it")] = None,
     resume: Annotated[
@@ -199,7 +223,7 @@ def demo(
 
     console.print(
         "[bold]domainlm demo[/]: QED prediction from SMILES, tags on the packaged all-MiniLM-L6-v2 "
-        f"({limit_train} training molecules, {epochs:g} epochs)"
+        f"({limit_train} training molecules, {epochs:g} epochs; over-long ligands truncated, counted)"
     )
     result = run_demo(data_dir, out, limit_train=limit_train, limit_eval=limit_eval, epochs=epochs)
     print_metrics(result, title=f"QED test metrics -> {out}")
