@@ -19,19 +19,44 @@ def _save(fig, path: str | Path) -> None:
 
 
 def training_curve(history: list[dict], path: str | Path, title: str = "training") -> None:
-    """`history` rows hold `step` and any of `train_loss`, `val_loss`, `val_<metric>`."""
+    """`history` rows hold `step` and any of `train_loss`, `val_loss`, `val_<metric>`: the raw per-step loss,
+    its moving average (one step is noisy), and each validation metric on a second axis."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, style in (("train_loss", "-"), ("val_loss", "o-")):
-        pts = [(h["step"], h[key]) for h in history if h.get(key) is not None]
-        if pts:
-            ax.plot(*zip(*pts), style, label=key, markersize=3)
+    train = [(h["step"], h["train_loss"]) for h in history if h.get("train_loss") is not None]
+    if train:
+        steps, losses = zip(*train)
+        ax.plot(steps, losses, "-", color="tab:blue", alpha=0.3, linewidth=0.8, label="train_loss")
+        ax.plot(steps, smoothed(losses), "-", color="tab:blue", label="train_loss (moving average)")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
     ax.set_title(title)
-    ax.legend()
     ax.grid(alpha=0.3)
+    lines, labels = ax.get_legend_handles_labels()
+    metrics = sorted({k for h in history for k, v in h.items() if k.startswith("val_") and v is not None})
+    if metrics:
+        val_ax = ax.twinx()
+        for k, key in enumerate(metrics):
+            pts = [(h["step"], h[key]) for h in history if h.get(key) is not None]
+            val_ax.plot(*zip(*pts), "o--", color=f"C{k + 1}", markersize=4, label=key)
+        val_ax.set_ylabel("validation")
+        more_lines, more_labels = val_ax.get_legend_handles_labels()
+        lines, labels = lines + more_lines, labels + more_labels
+    if lines:
+        ax.legend(lines, labels, fontsize=7)
     _save(fig, path)
+
+
+def smoothed(values, window: int | None = None) -> list[float]:
+    """Trailing moving average over `window` points (default: a tenth of them, at least 1)."""
+    window = window or max(1, len(values) // 10)
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
 
 
 def predicted_vs_true(y_true, y_pred, path: str | Path, title: str = "test set") -> None:

@@ -240,6 +240,7 @@ SYNERGY = register_task(
         defaults={"epochs": 2, "lr": 1e-4},  # the paper's DC setting
         folds=tuple((f"fold{k}", {"fold": k}) for k in range(N_FOLDS)),
         featurizer=Featurizer(classical_blocks, order_free=True),
-        published_anchors=(("DeepSynergy (O'Neil, 5-fold)", {"pearson": 0.73}),),  # docs/methods.md
+        # DeepSynergy: Preuer et al., Bioinformatics 2018
+        published_anchors=(("DeepSynergy (O'Neil, 5-fold)", {"pearson": 0.73}),),
     )
 )

@@ -1,4 +1,5 @@
-"""Published PubMedQA figures (from ../shared/docs/methods.md) shown beside our runs in comparison tables.
+"""Published PubMedQA figures (Dr. LLaMA, Guo et al. 2023; the PubMedQA leaderboard, Jin et al. 2019) shown
+beside our runs in comparison tables.
 
 `split` says what each was measured on: the official 500-item test set, or the Dr. LLaMA paper's own split
 (file items 500-999), whose numbers are not leaderboard-comparable."""
@@ -30,4 +31,7 @@ PUBLISHED = [
     {"system": "BioLinkBERT-large 340M", "split": "official test", "accuracy": 0.722, "macro_f1": None},
     {"system": "BioBERT 110M", "split": "official test", "accuracy": 0.681, "macro_f1": None},
 ]
-SOURCE = "Dr. LLaMA (Guo et al., 2023) and the PubMedQA leaderboard, as summarised in docs/methods.md"
+SOURCE = (
+    "Dr. LLaMA (Guo et al., 2023, arXiv:2305.07804) and the PubMedQA leaderboard "
+    "(Jin et al., EMNLP 2019; pubmedqa.github.io)"
+)
