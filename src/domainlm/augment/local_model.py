@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 class PromptTooLong(ValueError):
@@ -17,6 +18,13 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     finish_reasons: list[str]
+
+
+@dataclass
+class Prompt:
+    encoded: Any  # the tokenizer's BatchEncoding, on the CPU
+    length: int  # prompt tokens
+    max_tokens: int  # completion tokens it may take
 
 
 class LocalChatModel:
@@ -45,11 +53,33 @@ class LocalChatModel:
         lines = [f"{m['role']}: {m['content']}" for m in messages]
         return "\n".join([*lines, "assistant:"]), False
 
-    def generate(
+    def encode(self, messages: list[dict], max_tokens: int, fit_context: bool = True) -> Prompt:
+        """The tokenised prompt and the completion tokens it may take. `fit_context`: cut `max_tokens` to
+        the room the context leaves after the prompt; without it a `max_tokens` beyond that room raises
+        PromptTooLong (what an API answers when a client asks for it)."""
+        text, templated = self.render(messages)
+        encoded = self.tokenizer(text, return_tensors="pt", add_special_tokens=not templated)
+        length = encoded["input_ids"].shape[1]
+        context = self.context_length
+        if context is not None:
+            if length >= context:
+                raise PromptTooLong(f"the prompt has {length} tokens; the model's context is {context}")
+            room = context - length
+            if max_tokens > room and not fit_context:
+                raise PromptTooLong(
+                    f"the model's context is {context} tokens: the prompt has {length}, leaving {room} "
+                    f"for the completion, but max_tokens asks for {max_tokens}"
+                )
+            max_tokens = min(max_tokens, room)
+        return Prompt(encoded, length, max_tokens)
+
+    def generate(self, messages: list[dict], *, max_tokens: int = 256, **sampling) -> Generation:
+        return self.generate_encoded(self.encode(messages, max_tokens), **sampling)
+
+    def generate_encoded(
         self,
-        messages: list[dict],
+        prompt: Prompt,
         *,
-        max_tokens: int = 256,
         temperature: float = 1.0,
         top_p: float = 1.0,
         n: int = 1,
@@ -57,16 +87,7 @@ class LocalChatModel:
     ) -> Generation:
         import torch
 
-        prompt, templated = self.render(messages)
-        encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=not templated).to(
-            self.device
-        )
-        prompt_len = encoded["input_ids"].shape[1]
-        context = self.context_length
-        if context is not None:
-            if prompt_len >= context:
-                raise PromptTooLong(f"the prompt has {prompt_len} tokens; the model's context is {context}")
-            max_tokens = min(max_tokens, context - prompt_len)
+        max_tokens = prompt.max_tokens
         sample = temperature > 0
         eos = self.tokenizer.eos_token_id
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
@@ -76,8 +97,8 @@ class LocalChatModel:
         with self._lock, torch.no_grad():
             if seed is not None:
                 torch.manual_seed(seed)
-            output = self.model.generate(**encoded, **kwargs)
-        new = output[:, prompt_len:]
+            output = self.model.generate(**prompt.encoded.to(self.device), **kwargs)
+        new = output[:, prompt.length :]
         if not sample:  # greedy decoding gives one answer; n copies of it
             new = new.repeat(n, 1)
         texts, finish, completion_tokens = [], [], 0
@@ -86,4 +107,4 @@ class LocalChatModel:
             completion_tokens += length
             finish.append("stop" if length < max_tokens else "length")
             texts.append(self.tokenizer.decode(row[:length], skip_special_tokens=True).strip())
-        return Generation(texts, prompt_len, completion_tokens, finish)
+        return Generation(texts, prompt.length, completion_tokens, finish)

@@ -3,10 +3,13 @@
 Endpoints: POST /v1/chat/completions (non-streaming; honours max_tokens, temperature, top_p, n, seed and
 returns token usage) and GET /v1/models. With an API key set, every request needs
 `Authorization: Bearer <key>`. Errors use OpenAI's `{"error": {...}}` body so clients report them well.
+Limits (`server_limits.ServeLimits`) are checked before any generation; a full queue answers 429 with
+`Retry-After`, which the openai client honours when it retries.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 import uuid
@@ -15,23 +18,39 @@ from pathlib import Path
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from jinja2.exceptions import TemplateError
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from domainlm.augment.local_model import PromptTooLong
+from domainlm.augment.server_limits import (
+    BodySizeLimit,
+    GenerationQueue,
+    QueueFull,
+    ServeLimits,
+    error_body,
+)
 from domainlm.augment.teachers import api_key_from_env
 
-DEFAULT_MAX_TOKENS = 256
+log = logging.getLogger("domainlm.serve")
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: str
+    text: str = ""
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: str
-    content: str | list[dict] = ""
+    content: str | list[ContentPart] | None = ""
 
     def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content if part.type == "text")
+        return self.content or ""
 
 
 class ChatRequest(BaseModel):
@@ -40,32 +59,73 @@ class ChatRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0)
+    temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    n: int = Field(1, ge=1, le=16)
-    seed: int | None = None
+    n: int = Field(1, ge=1)
+    seed: int | None = Field(None, ge=0, lt=2**63)
     stream: bool = False
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, kind: str, code: str | None = None):
-        self.status, self.message, self.kind, self.code = status, message, kind, code
+    def __init__(
+        self, status: int, message: str, kind: str, code: str | None = None, param: str | None = None
+    ):
+        self.status, self.message, self.kind, self.code, self.param = status, message, kind, code, param
 
 
-def create_app(chat_model, model_name: str, api_key: str | None = None) -> FastAPI:
-    """The app over a loaded `LocalChatModel` (or anything with the same `generate`)."""
+def _check_limits(body: ChatRequest, limits: ServeLimits) -> int:
+    """Refuse a request over a limit (400 naming the parameter); the completion tokens it may use."""
+    requested = body.max_completion_tokens or body.max_tokens
+    over = [
+        ("n", body.n, limits.max_n),
+        ("max_tokens", requested or 0, limits.max_tokens),
+        ("messages", len(body.messages), limits.max_messages),
+    ]
+    for param, value, limit in over:
+        if value > limit:
+            what = "messages" if param == "messages" else f"{param} = {value}"
+            raise APIError(
+                400,
+                f"{what}: at most {limit} {'are' if param == 'messages' else 'is'} allowed on this server",
+                "invalid_request_error",
+                "invalid_value",
+                param,
+            )
+    return requested or limits.default_max_tokens
+
+
+def requested_none(body: ChatRequest) -> bool:
+    return body.max_completion_tokens is None and body.max_tokens is None
+
+
+def create_app(
+    chat_model, model_name: str, api_key: str | None = None, limits: ServeLimits | None = None
+) -> FastAPI:
+    """The app over a loaded `LocalChatModel` (or anything with its `encode` and `generate_encoded`)."""
+    limits = limits or ServeLimits()
+    queue = GenerationQueue(limits.max_queue)
     app = FastAPI(title="domainlm serve", docs_url=None, redoc_url=None)
+    app.add_middleware(BodySizeLimit, limit=limits.max_body_bytes)
+    app.state.queue = queue  # its `peak` tells a load test how many generations were ever held at once
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError):
-        return JSONResponse(
-            {"error": {"message": e.message, "type": e.kind, "code": e.code}}, status_code=e.status
-        )
+        headers = {"Retry-After": str(limits.retry_after_s)} if e.status == 429 else None
+        return JSONResponse(error_body(e.message, e.kind, e.code, e.param), e.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError):
         message = "; ".join(f"{'.'.join(map(str, err['loc'][1:]))}: {err['msg']}" for err in e.errors())
-        return await _api_error(request, APIError(400, message, "invalid_request_error"))
+        return await _api_error(request, APIError(400, message or "invalid request", "invalid_request_error"))
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, e: HTTPException):  # unknown routes, wrong methods
+        return await _api_error(request, APIError(e.status_code, str(e.detail), "invalid_request_error"))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, e: Exception):
+        log.exception("request failed")
+        return JSONResponse(error_body(f"internal error: {type(e).__name__}", "server_error"), 500)
 
     def authorise(request: Request) -> None:
         if api_key is None:
@@ -82,27 +142,47 @@ def create_app(chat_model, model_name: str, api_key: str | None = None) -> FastA
         }
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorise)])
-    def chat_completions(body: ChatRequest):  # sync: FastAPI runs it in a worker thread
+    async def chat_completions(body: ChatRequest):
+        # Checked on the event loop, so a full queue answers at once however many requests wait.
         if body.model != model_name:
             raise APIError(
                 404,
                 f"The model `{body.model}` does not exist; this server has `{model_name}`",
                 "invalid_request_error",
                 "model_not_found",
+                "model",
             )
         if body.stream:
-            raise APIError(400, "streaming is not supported", "invalid_request_error")
+            raise APIError(400, "streaming is not supported", "invalid_request_error", param="stream")
+        max_tokens = _check_limits(body, limits)
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         try:
-            result = chat_model.generate(
-                [{"role": m.role, "content": m.text()} for m in body.messages],
-                max_tokens=body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS,
-                temperature=body.temperature,
-                top_p=body.top_p,
-                n=body.n,
-                seed=body.seed,
+            # Tokenised (off the event loop) before taking a queue place: an over-long prompt is a 400,
+            # never a 429 that a client would retry.
+            prompt = await run_in_threadpool(
+                chat_model.encode, messages, max_tokens, fit_context=requested_none(body)
             )
+            with queue:
+                result = await run_in_threadpool(
+                    chat_model.generate_encoded,
+                    prompt,
+                    temperature=body.temperature,
+                    top_p=body.top_p,
+                    n=body.n,
+                    seed=body.seed,
+                )
+        except QueueFull as e:
+            raise APIError(
+                429, f"the server is busy: {e}; retry later", "requests", "rate_limit_exceeded"
+            ) from None
         except PromptTooLong as e:
-            raise APIError(400, str(e), "invalid_request_error", "context_length_exceeded") from None
+            raise APIError(
+                400, str(e), "invalid_request_error", "context_length_exceeded", "messages"
+            ) from None
+        except TemplateError as e:  # e.g. a chat template that wants alternating roles
+            raise APIError(
+                400, f"the chat template refused the messages: {e}", "invalid_request_error"
+            ) from None
         choices = [
             {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason}
             for i, (text, reason) in enumerate(zip(result.texts, result.finish_reasons, strict=True))
@@ -132,6 +212,7 @@ def serve(
     api_key_env: str | None = None,
     model_name: str | None = None,
     device: str | None = None,
+    limits: ServeLimits | None = None,
 ) -> None:
     """Load the model and serve it until interrupted."""
     import uvicorn
@@ -140,5 +221,5 @@ def serve(
 
     api_key = api_key_from_env(api_key_env)
     chat_model = LocalChatModel(model_path, device=device)
-    app = create_app(chat_model, model_name or Path(model_path).resolve().name, api_key)
+    app = create_app(chat_model, model_name or Path(model_path).resolve().name, api_key, limits)
     uvicorn.run(app, host=host, port=port, log_level="info")

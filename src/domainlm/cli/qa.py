@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import fields
@@ -165,6 +166,18 @@ def augment(
         )
 
 
+@functools.cache
+def _serve_limits():
+    # Imported lazily: domainlm.augment pulls in the openai client, which other commands do not need.
+    from domainlm.augment.server_limits import ServeLimits
+
+    return ServeLimits
+
+
+def _serve_default(name: str) -> int:
+    return getattr(_serve_limits()(), name)
+
+
 @app.command("serve")
 def serve_command(
     model: Path = typer.Option(..., help="Local Hugging Face causal LM directory to serve."),
@@ -181,8 +194,44 @@ def serve_command(
         None, help="Model id clients must request (default: the directory name)."
     ),
     device: str | None = typer.Option(None, help="torch device (default: cuda when available, else cpu)."),
+    max_n: int = typer.Option(_serve_default("max_n"), help="Most completions (n) one request may ask for."),
+    max_tokens: int = typer.Option(
+        _serve_default("max_tokens"),
+        help="Most completion tokens one request may ask for (never more than the context leaves).",
+    ),
+    default_max_tokens: int = typer.Option(
+        _serve_default("default_max_tokens"), help="Completion tokens for a request that names none."
+    ),
+    max_messages: int = typer.Option(_serve_default("max_messages"), help="Most messages in one request."),
+    max_body_bytes: int = typer.Option(
+        _serve_default("max_body_bytes"), help="Largest request body; larger ones get 413 unread."
+    ),
+    max_queue: int = typer.Option(
+        _serve_default("max_queue"),
+        help="Generations running or waiting at once; more requests get 429 with Retry-After.",
+    ),
+    retry_after: int = typer.Option(
+        _serve_default("retry_after_s"), help="Seconds a 429 asks the client to wait."
+    ),
 ) -> None:
     """Serve a local model as an OpenAI-compatible endpoint (/v1/chat/completions, /v1/models)."""
     from domainlm.augment.server import serve
 
-    serve(model, host=host, port=port, api_key_env=api_key_env, model_name=model_name, device=device)
+    limits = _serve_limits()(
+        max_n=max_n,
+        max_tokens=max_tokens,
+        default_max_tokens=min(default_max_tokens, max_tokens),
+        max_messages=max_messages,
+        max_body_bytes=max_body_bytes,
+        max_queue=max_queue,
+        retry_after_s=retry_after,
+    )
+    serve(
+        model,
+        host=host,
+        port=port,
+        api_key_env=api_key_env,
+        model_name=model_name,
+        device=device,
+        limits=limits,
+    )
