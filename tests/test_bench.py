@@ -159,6 +159,25 @@ def test_cli(setup, monkeypatch, tmp_path):
     assert "linear_probe" in result.output
 
 
+def test_tag_options_are_the_tag_rows_own_settings(setup, monkeypatch, tmp_path):
+    monkeypatch.setenv("DOMAINLM_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "results"
+    run_bench(settings(setup, methods=("mean",)), out, log=lambda _: None)
+    tuned = {"lr": 3e-3, "head_init": "standardized", "readout": "mean", "evals_per_epoch": 1}
+    rows = run_bench(settings(setup, methods=("tags",), tag_options=tuned), out, resume=True, log=print)
+    by_method = {r["method"]: r for r in rows}
+    assert set(by_method) == {"mean", "tags"} and by_method["tags"]["lr"] == 3e-3
+    record = json.loads((out / "qed.json").read_text())
+    assert record["settings"]["tag_options"] == tuned
+    run = json.loads((out / "qed" / "runs" / "tags__test" / "metrics.json").read_text())
+    assert run["head"]["readout"] == "mean" and run["head"]["head_init"] == "standardized"
+    # the tag row is then bound to those options
+    with pytest.raises(DomainLMError, match="tag_options"):
+        run_bench(settings(setup, methods=("tags",)), out, resume=True, log=lambda _: None)
+    with pytest.raises(DomainLMError, match="unknown tag option"):
+        settings(setup, tag_options={"learning_rate": 1e-3})
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(DomainLMError, match="unknown method"):
         BenchSettings(task="qed", methods=("mean", "svm"))

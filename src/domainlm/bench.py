@@ -73,6 +73,9 @@ class BenchSettings:
     cache_dtype: str | None = None
     dtype: str = "float32"
     device: str | None = None
+    # The tag method's own training settings over the shared ones (any `TrainConfig` field: lr, epochs,
+    # batch_size, head_init, readout, head_hidden, tag_length, ...); no other method depends on them.
+    tag_options: dict[str, Any] | None = None
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in ALL_METHODS]
@@ -82,10 +85,21 @@ class BenchSettings:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise DomainLMError(f"{name} must be >= 1")
 
-    def comparable(self) -> dict[str, Any]:
-        """The settings a row records and a resumed run must match (not which methods or folds run)."""
+        if self.tag_options:
+            from domainlm.training import TrainConfig
+
+            known = {f.name for f in dataclasses.fields(TrainConfig)}
+            unknown = sorted(set(self.tag_options) - known)
+            if unknown:
+                raise DomainLMError(f"unknown tag option(s) {unknown}; any of: {', '.join(sorted(known))}")
+
+    def comparable(self, method: str | None = None) -> dict[str, Any]:
+        """The settings a row of `method` records and a resumed run must match (not which methods or folds
+        run); None: the bench's, every method's settings."""
         # reuse and the cache budget change speed, never results (reuse is exact: tests/test_reuse.py)
         skip = {"methods", "folds", "data_dir", "device", "reuse", "cache_budget_gb"}
+        if method is not None and method != TAG_METHOD:
+            skip.add("tag_options")
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
@@ -136,9 +150,8 @@ class Bench:
                 f"{self.dir} holds {len(rows)} finished row(s) of an earlier bench; pass --resume to keep "
                 "them and run the rest, or --overwrite to start again"
             )
-        want = _jsonable(self.settings.comparable())
         for row in rows.values():
-            had = row["settings"]
+            had, want = row["settings"], _jsonable(self.settings.comparable(row["method"]))
             differ = [
                 f"{k}: {had.get(k)!r} -> {want.get(k)!r}"
                 for k in sorted(set(want) | set(had))
@@ -221,7 +234,7 @@ class Bench:
 
         s = self.settings
         joint = s.train_domain_tags if s.train_domain_tags is not None else not s.tags
-        return TrainConfig(
+        config = TrainConfig(
             epochs=s.epochs or self.spec.defaults.get("epochs", 2.0),
             lr=method_lr(method, s.lr, self.spec.defaults.get("lr", 1e-4)),
             batch_size=s.batch_size,
@@ -237,6 +250,9 @@ class Bench:
             dtype=s.dtype,
             device=s.device,
         )
+        if method == TAG_METHOD and s.tag_options:
+            config = dataclasses.replace(config, **s.tag_options)
+        return config
 
     def run_method(self, method: str, fold: str, data) -> dict:
         if method in CLASSICAL_METHODS:
@@ -335,7 +351,7 @@ class Bench:
         row["published_anchors"] = _jsonable(self.spec.anchors_for(data.info))
         if result.get("overflow"):
             row["overflow"] = _jsonable(result["overflow"])
-        row["settings"] = _jsonable(self.settings.comparable())
+        row["settings"] = _jsonable(self.settings.comparable(method))
         return row
 
     def plot(self, row: dict, result: dict) -> None:

@@ -83,6 +83,14 @@ def bench(
         ),
     ] = None,
     fold: Annotated[list[str], Opt(help="run only this fold (repeatable; multi-fold tasks)")] = None,
+    tag_option: Annotated[
+        list[str],
+        Opt(
+            help="tag method only: a training setting key=value over the shared ones (repeatable), e.g. "
+            "lr=1e-3, epochs=4, batch_size=16, head_init=zero|standardized|probe, readout=last|mean, "
+            "head_hidden=256, tag_length=20"
+        ),
+    ] = None,
     overflow: OverflowOpt = "error",
     max_span_tokens: MaxSpanOpt = None,
     isolate: IsolateOpt = None,
@@ -117,6 +125,7 @@ def bench(
         task_options=parse_key_values(task_option, "--task-option"),
         tags=list(tags or []),
         folds=list(fold) if fold else None,
+        tag_options=parse_key_values(tag_option, "--tag-option") or None,
     )
     settings = BenchSettings(**{f.name: given[f.name] for f in dataclasses.fields(BenchSettings)})
     err = Console(stderr=True)
