@@ -303,3 +303,17 @@ def test_bench_on_a_kiba_like_folder_shows_that_data_sets_anchors(tmp_path, monk
         assert f"Published anchors: none for this data set ({folder})." in markdown
         assert "published: none for this data set" in res.output
     assert "Davis" not in markdown + res.output
+
+
+def test_a_dataset_path_needs_no_data_dir_and_is_saved_absolute(tmp_path, monkeypatch):
+    from domainlm.tasks.resolve import TaskSource, resolve_task
+
+    write_kiba_like(tmp_path / "kiba_like")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DOMAINLM_DATA", raising=False)
+    source = TaskSource(preset="dta", task_options={"dataset": "kiba_like", "affinity": "none"})
+    assert source.task_options["dataset"] == str(tmp_path / "kiba_like")
+    _, data = resolve_task(source)
+    assert data.info["data_dir"] == str(tmp_path / "kiba_like") and len(data.train) > 0
+    with pytest.raises(InputError, match="no data directory given"):
+        resolve_task(TaskSource(preset="dta"))

@@ -43,6 +43,10 @@ class TaskSource:
         self.data_dir = None if self.data_dir is None else str(self.data_dir)
         self.data = None if self.data is None else str(self.data)
         self.char_level = tuple(self.char_level)
+        dataset = self.task_options.get("dataset")
+        if isinstance(dataset, str) and ("/" in dataset or Path(dataset).expanduser().is_dir()):
+            # a folder path: saved absolute, so eval / predict / --resume find it from any directory
+            self.task_options = {**self.task_options, "dataset": str(Path(dataset).expanduser().resolve())}
 
     def template_text(self) -> str | None:
         """The template the run's tags were trained with."""
@@ -66,15 +70,14 @@ def _preset(source: TaskSource) -> tuple[TaskSpec, TaskData]:
     spec = get_task(source.preset)
     if source.template:
         spec = dataclasses.replace(spec, template=source.template)
-    if not source.data_dir:
-        raise DomainLMError("preset tasks read their data from --data-dir (or $DOMAINLM_DATA)")
     options = dict(source.task_options)
     for key in ("limit_train", "limit_eval"):
         if getattr(source, key) is not None:
             options[key] = getattr(source, key)
     if source.skip_invalid:
         options["skip_invalid"] = True
-    return spec, spec.load(Path(source.data_dir), **options)
+    # No data directory: the loader falls back to $DOMAINLM_DATA, or needs none (dta with dataset=PATH).
+    return spec, spec.load(Path(source.data_dir) if source.data_dir else None, **options)
 
 
 def _user_task(source: TaskSource, seed: int) -> tuple[TaskSpec, TaskData]:
