@@ -209,6 +209,8 @@ def test_character_level_domains_are_spelled_out_for_the_baselines():
     text = ph.plain_text(template, {"seq": "MKV", "name": "KIN1"}, char_level=("Protein",))
     assert text == "The protein is M K V. Name KIN1. Value"
     assert ph.plain_text(template, {"seq": "MKV", "name": "KIN1"}) == "The protein is MKV. Name KIN1. Value"
+    cut = ph.plain_text(template, {"seq": "MKVLA", "name": "KIN1"}, char_level=("Protein",), max_span_chars=2)
+    assert cut == "The protein is M K. Name KIN1. Value"  # as the tags' --overflow truncate cuts the span
 
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "lora"])

@@ -263,7 +263,8 @@ class Bench:
             from domainlm.engine.template import Template
 
             n_tags = len(Template(self.spec.template).domain_tags) + 1
-            peft = PeftSettings(num_virtual_tokens=n_tags * config.tag_length)
+            cut = self.settings.max_span_tokens if self.settings.overflow == "truncate" else None
+            peft = PeftSettings(num_virtual_tokens=n_tags * config.tag_length, max_span_chars=cut)
             return train_peft_baseline(
                 method, self.spec, data, self.settings.model, config, peft, log_fn=self.log
             )

@@ -60,6 +60,9 @@ class PeftSettings:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     max_length: int | None = None  # tokens per text; default: the model's position limit (minus prompts)
+    # Character-level data spans (proteins, SMILES) cut to this many characters, i.e. tokens, as the tag
+    # method's `--overflow truncate --max-span-tokens N` does: both read the same residues.
+    max_span_chars: int | None = None
     target_modules: list[str] | None = None  # LoRA: default the family's (domainlm.backbone.LORA_TARGETS)
     cache_dir: str | None = None  # linear-probe features; default domainlm.cache.cache_dir()
 
@@ -189,27 +192,34 @@ class EncodedTexts:
     n_truncated: int = 0
 
 
-def plain_text(template: Template, fields: dict, char_level: tuple[str, ...] = (), item=None) -> str:
+def plain_text(
+    template: Template, fields: dict, char_level: tuple[str, ...] = (), item=None, max_span_chars=None
+) -> str:
     """The template without its markers. Data after a domain in `char_level` is spelled with spaces, one
     character a token, as the tag method tokenises it (and as the paper's code feeds proteins): otherwise
-    a WordPiece tokenizer turns a 300-residue protein, one 'word' over 100 characters, into a single [UNK]."""
+    a WordPiece tokenizer turns a 300-residue protein, one 'word' over 100 characters, into a single [UNK].
+    `max_span_chars`: such data keeps only its first characters."""
     out = []
     for part in template.render(fields, item=item):
         if part.kind == "text":
             out.append(part.value)
+        elif part.kind == "data" and part.domain in char_level:
+            out.append(" ".join(part.value[:max_span_chars] if max_span_chars else part.value))
         elif part.kind == "data":
-            out.append(" ".join(part.value) if part.domain in char_level else part.value)
+            out.append(part.value)
     return re.sub(r"\s+", " ", "".join(out)).strip()
 
 
-def encode_examples(template: Template, examples: list[Example], tokenizer, budget: int, char_level=()):
+def encode_examples(
+    template: Template, examples: list[Example], tokenizer, budget: int, char_level=(), max_span_chars=None
+):
     """Token ids of each example's marker-free text, and how many had to be cut to `budget` tokens.
 
     An over-long text loses the end of its longest field (the data span), never the template around it:
     a causal LM reads out at the template's last token, which must survive."""
     ids, cut = [], 0
     for e in examples:
-        tokens = tokenizer(plain_text(template, e.fields, char_level, item=e.id))["input_ids"]
+        tokens = tokenizer(plain_text(template, e.fields, char_level, e.id, max_span_chars))["input_ids"]
         if len(tokens) > budget:
             tokens, cut = _shorten_longest_field(template, e, tokenizer, budget, char_level), cut + 1
         ids.append(tokens)
@@ -248,7 +258,9 @@ def encode_splits(
     budget = text_budget(backbone, settings)
     out, template = {}, Template(task.template)
     for split, examples in data.splits().items():
-        ids, cut = encode_examples(template, examples, backbone.tokenizer, budget, task.char_level_tags)
+        ids, cut = encode_examples(
+            template, examples, backbone.tokenizer, budget, task.char_level_tags, settings.max_span_chars
+        )
         if cut:
             log.warning("%s: %d of %d %s texts cut to %d tokens", task.name, cut, len(ids), split, budget)
         labels = np.array([e.label for e in examples], dtype=np.float64)
