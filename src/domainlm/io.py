@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
@@ -48,22 +49,66 @@ def write_jsonl(path: str | os.PathLike, rows) -> None:
     write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in rows))
 
 
+def read_text(path: str | os.PathLike) -> str:
+    """A UTF-8 text file (a byte-order mark is dropped); bytes that are not UTF-8 are an error naming the
+    file and line."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise InputError(
+            f"not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start})",
+            source=str(path),
+            item=f"line {line}",
+        ) from None
+
+
+def parse_json(text: str):
+    """`json.loads`, raising ValueError for every way a text can fail to be read: bad syntax
+    (`json.JSONDecodeError`), an integer too long for Python, or nesting too deep."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def json_error(e: ValueError, *, column_only: bool = False) -> str:
+    """The whole of a JSON error, with where it is: `msg` alone cuts messages such as "Invalid control
+    character at" short."""
+    if not isinstance(e, json.JSONDecodeError):
+        return str(e)
+    where = f"column {e.colno}" if column_only else f"line {e.lineno} column {e.colno}"
+    return f"{e.msg}: {where}"
+
+
+def read_json(path: str | os.PathLike):
+    """A JSON file; not UTF-8 or not JSON is an error naming the file and line."""
+    try:
+        return parse_json(read_text(path))
+    except ValueError as e:
+        line = e.lineno if isinstance(e, json.JSONDecodeError) else None
+        raise InputError(
+            f"not valid JSON ({json_error(e)})", source=str(path), item=line and f"line {line}"
+        ) from None
+
+
 def read_jsonl_objects(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line; a line that is not a JSON object is an error
     naming the file and line."""
-    with open(path, encoding="utf-8-sig") as f:
-        for number, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise InputError(
-                    f"not valid JSON ({e.msg})", source=str(path), item=f"line {number}"
-                ) from None
-            if not isinstance(obj, dict):
-                raise InputError("expected a JSON object", source=str(path), item=f"line {number}")
-            yield number, obj
+    lines = io.StringIO(read_text(path), newline=None)  # \n, \r\n and \r end lines, as in an editor
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = parse_json(raw)
+        except ValueError as e:
+            raise InputError(
+                f"not valid JSON ({json_error(e, column_only=True)})", source=str(path), item=f"line {number}"
+            ) from None
+        if not isinstance(obj, dict):
+            raise InputError("expected a JSON object", source=str(path), item=f"line {number}")
+        yield number, obj
 
 
 def _json_default(obj: Any) -> Any:

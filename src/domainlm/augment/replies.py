@@ -32,7 +32,7 @@ def extract_json(text: str) -> dict | None:
     for candidate in candidates:
         try:
             value = json.loads(candidate)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, an integer too long, or nested too deep
             continue
         if isinstance(value, dict):
             return value

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from domainlm import io
 from domainlm.cache import file_sha256
 from domainlm.engine.tag_specs import TagSpec
-from domainlm.errors import DomainLMError, IncompatibleTagsError
+from domainlm.errors import DomainLMError, IncompatibleTagsError, InputError
 
 FORMAT_VERSION = 1
 JSON_NAME = "tags.json"
@@ -33,7 +32,7 @@ def embedding_fingerprint(embeddings: torch.Tensor) -> dict[str, Any]:
 
 
 def fingerprints_match(a: dict, b: dict, rtol: float = 2e-2) -> bool:
-    if list(a["shape"]) != list(b["shape"]):
+    if list(a["shape"]) != list(b["shape"]) or len(a["row_norms"]) != len(b["row_norms"]):
         return False
     x, y = torch.tensor(a["row_norms"]), torch.tensor(b["row_norms"])
     return bool(torch.allclose(x, y, rtol=rtol, atol=1e-6))
@@ -78,18 +77,16 @@ class TagLibrary:
         meta_path, tensor_path = directory / JSON_NAME, directory / TENSORS_NAME
         if not meta_path.exists() or not tensor_path.exists():
             raise DomainLMError(f"{directory} is not a tag library (needs {JSON_NAME} and {TENSORS_NAME})")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as e:
-            raise DomainLMError(f"{meta_path}: not valid JSON ({e})") from e
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise DomainLMError(f"{meta_path}: unsupported format version {meta.get('format_version')!r}")
+        meta = _read_meta(meta_path)
         if meta.get("tensors_sha256") and meta["tensors_sha256"] != file_sha256(tensor_path):
             raise DomainLMError(
                 f"{tensor_path} does not match the checksum in {meta_path} (mixed or corrupt copy)"
             )
-        specs = {d["name"]: TagSpec.from_dict(d) for d in meta["tags"]}
-        tensors = load_file(str(tensor_path))
+        specs = _read_specs(meta["tags"], meta_path)
+        try:
+            tensors = load_file(str(tensor_path))
+        except Exception as e:  # safetensors' own error types: a truncated or foreign file
+            raise InputError(f"not a safetensors file ({e})", source=str(tensor_path)) from None
         missing = [n for n in specs if f"tag.{n}" not in tensors]
         if missing:
             raise DomainLMError(f"{tensor_path}: no vectors for tag(s) {missing}")
@@ -118,6 +115,64 @@ class TagLibrary:
             "tag": self.tensors[f"tag.{name}"],
             **{k[len(prefix) :]: v for k, v in self.tensors.items() if k.startswith(prefix)},
         }
+
+
+# tags.json's fields: name -> (what it must be, a check of a value)
+_META_FIELDS = {
+    "base_model": ("a string", lambda v: isinstance(v, str)),
+    "hidden_size": ("a positive integer", lambda v: _is_int(v) and v > 0),
+    "embedding_fingerprint": ("{shape: [rows, width], row_norms: [numbers]}", lambda v: _is_fingerprint(v)),
+    "tags": ("a list of tag objects", lambda v: isinstance(v, list) and all(isinstance(t, dict) for t in v)),
+}
+_OPTIONAL_FIELDS = {
+    "tensors_sha256": ("a string", lambda v: isinstance(v, str)),
+    "training": ("an object", lambda v: isinstance(v, dict)),
+    "metrics": ("an object", lambda v: isinstance(v, dict)),
+}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_fingerprint(value) -> bool:
+    if not isinstance(value, dict) or not isinstance(value.get("shape"), list):
+        return False
+    norms = value.get("row_norms")
+    numbers = isinstance(norms, list) and all(isinstance(x, float) or _is_int(x) for x in norms)
+    return len(value["shape"]) == 2 and all(_is_int(x) for x in value["shape"]) and numbers
+
+
+def _read_meta(path: Path) -> dict:
+    """tags.json, every field checked: a hand-edited or foreign file is refused naming the field."""
+    meta = io.read_json(path)
+    if not isinstance(meta, dict):
+        raise InputError("expected a JSON object", source=str(path))
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"unsupported format version {meta.get('format_version')!r}", source=str(path))
+    for name, (what, ok) in _META_FIELDS.items():
+        if name not in meta or not ok(meta[name]):
+            raise InputError(f"field {name!r} must be {what}, got {meta.get(name)!r:.80}", source=str(path))
+    for name, (what, ok) in _OPTIONAL_FIELDS.items():
+        if meta.get(name) is not None and not ok(meta[name]):
+            raise InputError(f"field {name!r} must be {what}, got {meta[name]!r:.80}", source=str(path))
+    return meta
+
+
+def _read_specs(tags: list[dict], path: Path) -> dict[str, TagSpec]:
+    specs: dict[str, TagSpec] = {}
+    for number, entry in enumerate(tags, start=1):
+        where = {"source": str(path), "item": f"tag {number} of {len(tags)}"}
+        try:
+            spec = TagSpec.from_dict(entry)
+        except DomainLMError as e:
+            raise InputError(str(e), **where) from None
+        except (TypeError, ValueError, AttributeError) as e:  # missing, unknown or mistyped fields
+            raise InputError(f"not a tag spec ({e})", **where) from None
+        if spec.name in specs:
+            raise InputError(f"tag {spec.name!r} is listed twice", **where)
+        specs[spec.name] = spec
+    return specs
 
 
 def merge_libraries(libraries: list[TagLibrary], on_conflict: str | dict[str, str] = "error") -> TagLibrary:

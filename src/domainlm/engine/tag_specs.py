@@ -23,14 +23,16 @@ class TagSpec:
     head: HeadSpec | None = None
 
     def __post_init__(self):
-        if not NAME_PATTERN.match(self.name):
+        if not isinstance(self.name, str) or not NAME_PATTERN.match(self.name):
             raise DomainLMError(
                 f"tag name {self.name!r} must start with a letter and hold only [A-Za-z0-9_-]"
             )
         if self.kind not in KINDS:
             raise DomainLMError(f"tag {self.name}: kind must be one of {KINDS}, got {self.kind!r}")
-        if self.length < 1:
-            raise DomainLMError(f"tag {self.name}: length must be >= 1")
+        if not isinstance(self.length, int) or isinstance(self.length, bool) or self.length < 1:
+            raise DomainLMError(f"tag {self.name}: length must be an integer >= 1, got {self.length!r}")
+        if not isinstance(self.char_level, bool):
+            raise DomainLMError(f"tag {self.name}: char_level must be true or false, got {self.char_level!r}")
         if self.head is not None and self.kind != "function":
             raise DomainLMError(f"tag {self.name}: only function tags carry a head")
 
@@ -41,6 +43,8 @@ class TagSpec:
     def from_dict(cls, d: dict) -> TagSpec:
         d = dict(d)
         head = d.pop("head", None)
+        if head is not None and not isinstance(head, dict):
+            raise DomainLMError(f"tag {d.get('name')!r}: head must be an object, got {head!r}")
         if head:
             head = {k: v for k, v in head.items() if k != "extra"}  # always empty in early libraries
         return cls(**d, head=HeadSpec(**head) if head else None)

@@ -41,8 +41,15 @@ class Template:
         self.function_tag = self.markers[-1]
         self.domain_tags = list(dict.fromkeys(self.markers[:-1]))
         texts = [v for kind, v in self._pieces if kind == "text"]
-        names = [name for v in texts for _, name, _, _ in string.Formatter().parse(v) if name]
-        self.fields = list(dict.fromkeys(names))  # in order of first use
+        try:
+            fields = [f for v in texts for _, f, _, _ in string.Formatter().parse(v) if f is not None]
+        except ValueError as e:  # an unmatched brace
+            raise InputError(
+                f"{e} in the template {text!r}; write {{{{ and }}}} for literal braces"
+            ) from None
+        if "" in fields:
+            raise InputError(f"the template has an empty {{}} field; name a column in it: {text!r}")
+        self.fields = list(dict.fromkeys(fields))  # in order of first use
 
     def __repr__(self) -> str:
         return f"Template({self.text!r})"
@@ -81,7 +88,14 @@ class Template:
         raw = row[name]
         if raw is None or (isinstance(raw, float) and raw != raw) or str(raw).strip() == "":
             raise InputError(f"empty value for template field {name!r}", source=source, item=item)
-        return format(raw, spec) if spec else str(raw)
+        if not spec:
+            return str(raw)
+        try:
+            return format(raw, spec)
+        except (TypeError, ValueError) as e:  # e.g. "{smiles:.2f}" over a string
+            raise InputError(
+                f"field {name!r}: cannot format {raw!r} as {spec!r} ({e})", source=source, item=item
+            ) from None
 
     def _preceding_domain(self, parts: list[Part]) -> str | None:
         for p in reversed(parts):

@@ -9,7 +9,6 @@ paragraphs) and `label` (also read from `answer` or `final_decision`); a missing
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -194,7 +193,9 @@ def load_pubmedqa(data_dir: str | os.PathLike, split: str = "official", fold: in
         return QASplits(items[:450], items[450:500], items[500:])
     if not truth_path.is_file():
         raise InputError("test_ground_truth.json not found beside ori_pqal.json", source=str(truth_path))
-    truth = json.loads(truth_path.read_text(encoding="utf-8"))
+    truth = io.read_json(truth_path)
+    if not isinstance(truth, dict | list) or not all(isinstance(i, str) for i in truth):
+        raise InputError("expected a JSON object (or list) of PubMed ids", source=str(truth_path))
     by_id = {item.id: item for item in items}
     unknown = [i for i in truth if i not in by_id]
     if unknown:
@@ -203,7 +204,13 @@ def load_pubmedqa(data_dir: str | os.PathLike, split: str = "official", fold: in
         )
     test = [item for item in items if item.id in truth]
     rest = [item for item in items if item.id not in truth]
-    dev_index = set(_fold_indices([item.label for item in rest], fold))
+    try:
+        dev_index = set(_fold_indices([item.label for item in rest], fold))
+    except ValueError as e:  # scikit-learn: too few items of a label for 10 folds
+        raise InputError(
+            f"the official split needs its {N_FOLDS} folds: {e} ({len(rest)} items outside the test set)",
+            source=str(labelled_path),
+        ) from None
     train = [item for i, item in enumerate(rest) if i not in dev_index]
     dev = [item for i, item in enumerate(rest) if i in dev_index]
     return QASplits(train, dev, test)
@@ -217,12 +224,15 @@ def _fold_indices(labels: list[str], fold: int) -> list[int]:
 
 
 def _read_pqal(path: Path) -> list[QAItem]:
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise InputError(f"not valid JSON ({e.msg})", source=str(path)) from None
+    raw = io.read_json(path)
+    if not isinstance(raw, dict):
+        raise InputError("expected a JSON object PubMed id -> item", source=str(path))
     items = []
     for pmid, record in raw.items():
+        if not isinstance(record, dict):
+            raise InputError(
+                f"expected an object, got {type(record).__name__}", source=str(path), item=f"item {pmid}"
+            )
         d = {
             "id": pmid,
             "question": record.get("QUESTION"),

@@ -8,6 +8,7 @@ or `<Protein>` marker are checked with RDKit / the 20 standard residues.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
@@ -18,7 +19,7 @@ from pathlib import Path
 from domainlm.engine.template import Template
 from domainlm.errors import InputError
 from domainlm.features import check_protein, parse_smiles
-from domainlm.io import read_jsonl_objects
+from domainlm.io import read_jsonl_objects, read_text
 from domainlm.tasks.base import Example, TaskData
 from domainlm.tasks.common import shuffled_split
 
@@ -62,7 +63,7 @@ def read_records(path: Path) -> tuple[list[str], list[Record]]:
 def _read_csv(path: Path, delimiter: str) -> tuple[list[str], list[Record]]:
     # The csv module rather than pandas: it tracks physical line numbers through quoted newlines and
     # reports short rows as well as long ones (pandas silently pads short rows with NaN).
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with io.StringIO(read_text(path), newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
         try:
             header = next(reader, None)
@@ -108,11 +109,17 @@ def _regression_label(value) -> float:
         raise RowProblem("missing_label", "the label is empty")
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise RowProblem("non_numeric_label", f"label {value!r} is not a number") from None
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond float range
+        raise RowProblem("non_numeric_label", f"label {_short(value)} is not a number") from None
     if not math.isfinite(number):
-        raise RowProblem("non_finite_label", f"label {value!r} is not a finite number")
+        raise RowProblem("non_finite_label", f"label {_short(value)} is not a finite number")
     return number
+
+
+def _short(value, limit: int = 60) -> str:
+    """repr of a value for a message, cut when long (a 5,000-digit label need not be quoted whole)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def class_names(raw_labels: list, n_classes: int | None, classes: list[str] | None, path=None) -> list[str]:
@@ -121,7 +128,7 @@ def class_names(raw_labels: list, n_classes: int | None, classes: list[str] | No
         return [str(c) for c in classes]
     present = sorted({str(v).strip() for v in raw_labels if not _is_missing(v)})
     if present and all(_is_int(v) for v in present):
-        top = max(int(v) for v in present)
+        top = max(int(float(v)) for v in present)
         return [str(i) for i in range(n_classes if n_classes is not None else top + 1)]
     if n_classes is not None and len(present) != n_classes:
         raise InputError(
@@ -133,10 +140,12 @@ def class_names(raw_labels: list, n_classes: int | None, classes: list[str] | No
 
 
 def _is_int(text: str) -> bool:
+    """A class index: a whole, non-negative number ("2", "2.0")."""
     try:
-        return float(text) == int(float(text)) and float(text) >= 0
+        number = float(text)
     except ValueError:
         return False
+    return math.isfinite(number) and number >= 0 and number == int(number)
 
 
 def _class_label(value, index: dict[str, int]) -> int:
@@ -146,7 +155,7 @@ def _class_label(value, index: dict[str, int]) -> int:
     if key not in index and _is_int(key):
         key = str(int(float(key)))
     if key not in index:
-        raise RowProblem("unknown_class", f"label {value!r} is not one of the classes {list(index)}")
+        raise RowProblem("unknown_class", f"label {_short(value)} is not one of the classes {list(index)}")
     return index[key]
 
 
@@ -155,7 +164,7 @@ def _split_of(value, split_column: str) -> str:
     if name is None:
         raise RowProblem(
             "unknown_split",
-            f"{split_column}={value!r}; expected train, val (valid/validation/dev) or test",
+            f"{split_column}={_short(value)}; expected train, val (valid/validation/dev) or test",
         )
     return name
 
@@ -165,7 +174,11 @@ def check_row(template: Template, row: dict) -> None:
     for name in template.fields:
         if name not in row or _is_missing(row[name]):
             raise RowProblem("missing_field", f"empty or missing value for template field {name!r}")
-    for part in template.render(row):
+    try:
+        parts = template.render(row)
+    except InputError as e:  # e.g. a value its format spec cannot format
+        raise RowProblem("bad_field", str(e)) from None
+    for part in parts:
         check = SPAN_CHECKS.get(part.domain or "")
         if part.kind == "data" and check:
             try:
@@ -226,6 +239,8 @@ def load_table_task(
             raw = row.get(label_column)
             label = _class_label(raw, index) if class_list else _regression_label(raw)
             which = _split_of(row.get(split_column), split_column) if split_column else None
+            if id_column and _is_missing(row.get(id_column)):
+                raise RowProblem("missing_id", f"empty or missing {id_column!r}")
         except RowProblem as problem:
             if not skip_invalid:
                 raise InputError(
