@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 import random
 import time
 from collections.abc import Callable
@@ -425,6 +426,11 @@ def _save(path: Path, settings: LoopSettings, params, optimizer, scheduler, at: 
 def _load(path: Path, settings: LoopSettings, params, optimizer, scheduler) -> _Position:
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError:  # torch's own text would suggest weights_only=False: never
+        raise DomainLMError(
+            f"cannot read the checkpoint {path}: it holds objects other than tensors and plain values; "
+            "refused, as unpickling them could run code"
+        ) from None
     except Exception as e:  # a truncated or foreign file: say which, rather than a pickle traceback
         raise DomainLMError(f"cannot read the checkpoint {path}: {str(e).splitlines()[0]}") from None
     if state["settings"] != asdict(settings):
