@@ -21,7 +21,7 @@ from domainlm.augment.pricing import estimate_cost, price_for
 from domainlm.augment.prompts import PromptTemplate, load_template
 from domainlm.augment.replies import REASONS, judge_reply, normalise
 from domainlm.augment.reply_cache import Reply, ReplyCache, request_key
-from domainlm.augment.teachers import RequestFailed, RetryableError, Teacher
+from domainlm.augment.teachers import MalformedReply, RequestFailed, RetryableError, Teacher
 from domainlm.errors import InputError
 from domainlm.qa.data import QAItem, QASplits, write_qa_jsonl
 
@@ -90,6 +90,7 @@ class Stats:
     from_cache: int = 0
     requests: int = 0
     retries: int = 0
+    malformed: int = 0  # HTTP 200 answers that were no usable completion (each one retried)
     rejected: int = 0  # per-reply rejects seen so far (duplicates are only known at the end)
     failed: int = 0
     usage: Counter = field(default_factory=Counter)  # all replies used, cached or not
@@ -205,7 +206,12 @@ class Fetcher:
                     seed=job.seed,
                 )
             except RetryableError as e:
+                if isinstance(e, MalformedReply):
+                    self.stats.malformed += 1
                 if attempt == self.config.max_retries:
+                    if isinstance(e, MalformedReply) and e.fallback is not None:
+                        return e.fallback  # an answer that stays empty is the teacher's answer
+
                     raise RequestFailed(f"gave up after {attempt + 1} attempts: {e}") from None
                 self.stats.retries += 1
                 self.on_update()
@@ -299,6 +305,7 @@ def _manifest(config, teacher, templates, stats, accepted, rejects, originals, d
             "replies_from_cache": stats.from_cache,
             "requests_sent": stats.requests,
             "retries": stats.retries,
+            "malformed_replies": stats.malformed,
             "failed_requests": stats.failed,
             "rejected": len(rejects),
         },
@@ -340,7 +347,8 @@ def _progress(stats: Stats, enabled: bool):
         s = stats
         tokens = s.usage["prompt"] + s.usage["completion"]
         info = (
-            f"rejects {s.rejected + s.failed}  retries {s.retries}  tokens {tokens:,}  cached {s.from_cache}"
+            f"rejects {s.rejected + s.failed}  retries {s.retries} (malformed {s.malformed})  "
+            f"tokens {tokens:,}  cached {s.from_cache}"
         )
         progress.update(task, completed=s.done, info=info)
 

@@ -1,7 +1,8 @@
 """Teachers: an OpenAI-compatible chat endpoint, or a Hugging Face model run in this process.
 
 Failures are sorted into three kinds so the pipeline can act on them: `RetryableError` (429, 5xx, timeouts,
-dropped connections, garbled responses: back off and retry), `RequestFailed` (this request will not
+dropped connections, and `MalformedReply`: an HTTP 200 whose body is no usable chat completion; back off and
+retry), `RequestFailed` (this request will not
 succeed as sent, e.g. a 400: recorded as a reject) and `TeacherError` (the whole run cannot succeed:
 unreachable server, unknown model, refused key: stop with a clear message).
 """
@@ -9,6 +10,7 @@ unreachable server, unknown model, refused key: stop with a clear message).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from typing import Protocol
 
@@ -24,6 +26,17 @@ class RetryableError(Exception):
     def __init__(self, message: str, retry_after: float | None = None):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class MalformedReply(RetryableError):
+    """An HTTP 200 that is not a usable chat completion: not JSON, no choices, no content, or an error body.
+
+    `fallback`: the reply to keep if every retry is malformed the same way (an empty answer is a teacher's
+    answer, judged `empty`, rather than a failed request)."""
+
+    def __init__(self, message: str, fallback: Reply | None = None):
+        super().__init__(f"malformed reply: {message}")
+        self.fallback = fallback
 
 
 class RequestFailed(Exception):
@@ -60,9 +73,12 @@ class OpenAITeacher:
         import openai
 
         try:
-            response = await self._client.chat.completions.create(
+            # The raw body, parsed here: the client turns a non-JSON 200 into a str and a half-formed one into
+            # objects with missing parts, which would crash far from the cause.
+            raw = await self._client.chat.completions.with_raw_response.create(
                 model=model, messages=messages, temperature=temperature, max_tokens=max_tokens, seed=seed
             )
+            body = raw.http_response.content
         except openai.APITimeoutError:
             raise RetryableError("request timed out") from None
         except openai.APIConnectionError as e:
@@ -73,19 +89,39 @@ class OpenAITeacher:
             self._answered = True  # reachable, even if unhappy
             raise _status_error(e, self.name, model) from None
         except (openai.APIResponseValidationError, ValueError) as e:
-            raise RetryableError(f"unreadable response ({type(e).__name__})") from None
+            raise MalformedReply(f"unreadable response ({type(e).__name__})") from None
         self._answered = True
-        if not response.choices:
-            raise RetryableError("response without choices")
-        usage = response.usage
-        return Reply(
-            response.choices[0].message.content or "",
-            usage.prompt_tokens if usage else 0,
-            usage.completion_tokens if usage else 0,
-        )
+        return parse_completion(body)
 
     async def close(self) -> None:
         await self._client.close()
+
+
+def parse_completion(body: bytes) -> Reply:
+    """The first choice's text and the usage of a chat-completion body; MalformedReply when it is none."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # also bad UTF-8 and JSON nested too deep
+        raise MalformedReply(f"the body is not JSON: {body[:80]!r}") from None
+    if not isinstance(data, dict):
+        raise MalformedReply(f"the body is a JSON {type(data).__name__}, not an object")
+    if "error" in data:  # a proxy or server reporting an error with status 200
+        error = data["error"]
+        message = error.get("message") if isinstance(error, dict) else error
+        raise MalformedReply(f"an error with HTTP 200: {str(message)[:200]}")
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise MalformedReply("no choices")
+    message = choices[0].get("message") if isinstance(choices[0], dict) else None
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, str):
+        raise MalformedReply("the first choice has no message content")
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    tokens = [usage.get(name) for name in ("prompt_tokens", "completion_tokens")]
+    reply = Reply(content, *(t if isinstance(t, int) and t >= 0 else 0 for t in tokens))
+    if not content.strip():
+        raise MalformedReply("empty content", fallback=reply)
+    return reply
 
 
 def _cause(error: BaseException) -> str:

@@ -155,7 +155,8 @@ def augment(
     console.print(
         f"wrote {out}: train {counts['train_total']} ({counts['train_originals']} original, "
         f"generated {counts['generated']}); rejects: {rejects}; requests {counts['requests_sent']} "
-        f"(retries {counts['retries']}, cached {counts['replies_from_cache']}); tokens this run "
+        f"(retries {counts['retries']}, malformed replies {counts['malformed_replies']}, "
+        f"cached {counts['replies_from_cache']}); tokens this run "
         f"{usage['prompt_tokens']:,} in / {usage['completion_tokens']:,} out"
         + (f", about ${cost:.4f}" if cost is not None else "")
     )
