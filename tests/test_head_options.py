@@ -149,3 +149,18 @@ def test_library_keeps_the_standardisation_and_reads_old_heads(tmp_path):
     state = {k: v for k, v in tm.heads["Y"].state_dict().items() if k not in {"center", "scale"}}
     other.heads["Y"].load_state_dict(state)
     assert torch.equal(other.heads["Y"].scale, torch.ones_like(other.heads["Y"].scale))
+
+
+def test_train_cli_takes_the_head_options(model_dir, tmp_path):
+    import json
+
+    from cli_helpers import train_user_task
+
+    rows = ["smiles,y"] + [f"{ex.fields['smiles']},{ex.label}" for ex in molecules(30)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    extra = ["--head-init", "probe", "--readout", "mean", "--char-level", "SMILES"]
+    res = train_user_task(model_dir("llama"), tmp_path / "t.csv", tmp_path / "run", *extra, epochs=1)
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["head"]["head_init"] == "probe" and metrics["head"]["readout"] == "mean"
+    assert "probe_alpha" in metrics["head"]

@@ -41,6 +41,9 @@ TRAIN_DEFAULTS = {
     "seed": 0,
     "checkpoint_every": 50,
     "dtype": "float32",
+    "head_init": "zero",
+    "readout": "last",
+    "head_hidden": 0,
 }
 
 
@@ -113,6 +116,22 @@ def train(
     batch_size: Annotated[int, Opt(help=shown("batch size", "batch_size"))] = None,
     grad_accum: Annotated[int, Opt(help=shown("gradient accumulation steps", "grad_accum"))] = None,
     tag_length: Annotated[int, Opt(help=shown("vectors per new tag (p)", "tag_length"))] = None,
+    head_init: Annotated[
+        str,
+        Opt(
+            help=shown(
+                "how a new head starts: zero (the paper), standardized (input centred and scaled by the "
+                "untrained tags' training read-outs) or probe (also fitted to them in closed form)",
+                "head_init",
+            )
+        ),
+    ] = None,
+    readout: Annotated[
+        str, Opt(help=shown("head input: the function tag's last vector, or the mean of its p", "readout"))
+    ] = None,
+    head_hidden: Annotated[
+        int, Opt(help=shown("0: a linear head; N: an MLP with N hidden units", "head_hidden"))
+    ] = None,
     isolate: IsolateOpt = None,
     reuse: ReuseOpt = None,
     cache_budget_gb: CacheBudgetOpt = None,
