@@ -85,26 +85,58 @@ class LocalChatModel:
         n: int = 1,
         seed: int | None = None,
     ) -> Generation:
+        return self.generate_batch([prompt], n=[n], temperature=temperature, top_p=top_p, seed=seed)[0]
+
+    def generate_batch(
+        self,
+        prompts: list[Prompt],
+        *,
+        n: list[int] | None = None,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[Generation]:
+        """One `generate` call for several prompts (left-padded), `n[i]` completions for prompt i, each cut
+        at its own `max_tokens`. Greedy rows equal what each prompt gives alone; sampled rows draw from one
+        random stream, so a seeded sampled answer repeats only when batched with the same neighbours."""
         import torch
 
-        max_tokens = prompt.max_tokens
+        n = n or [1] * len(prompts)
         sample = temperature > 0
         eos = self.tokenizer.eos_token_id
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
-        kwargs = {"do_sample": sample, "max_new_tokens": max_tokens, "pad_token_id": pad, "eos_token_id": eos}
+        # Greedy decoding gives one answer per prompt (copied n times); sampling needs a row per completion.
+        rows = [p for p, k in zip(prompts, n, strict=True) for _ in range(k if sample else 1)]
+        width = max(p.length for p in rows)
+        ids = [[pad] * (width - p.length) + p.encoded["input_ids"][0].tolist() for p in rows]
+        mask = [[0] * (width - p.length) + [1] * p.length for p in rows]
+        longest = max(p.max_tokens for p in rows)
+        kwargs = {"do_sample": sample, "max_new_tokens": longest, "pad_token_id": pad, "eos_token_id": eos}
         if sample:
-            kwargs.update(temperature=temperature, top_p=top_p, num_return_sequences=n)
+            kwargs.update(temperature=temperature, top_p=top_p)
         with self._lock, torch.no_grad():
             if seed is not None:
                 torch.manual_seed(seed)
-            output = self.model.generate(**prompt.encoded.to(self.device), **kwargs)
-        new = output[:, prompt.length :]
-        if not sample:  # greedy decoding gives one answer; n copies of it
-            new = new.repeat(n, 1)
+            output = self.model.generate(
+                input_ids=torch.tensor(ids, device=self.device),
+                attention_mask=torch.tensor(mask, device=self.device),
+                **kwargs,
+            )
+        new = output[:, width:].tolist()
+        results, row = [], 0
+        for prompt, k in zip(prompts, n, strict=True):
+            taken = new[row : row + k] if sample else new[row : row + 1] * k
+            row += k if sample else 1
+            results.append(self._decode(prompt, taken, eos))
+        return results
+
+    def _decode(self, prompt: Prompt, rows: list[list[int]], eos: int | None) -> Generation:
+        """Each row cut at the prompt's own `max_tokens`, then at the first end-of-sequence token."""
         texts, finish, completion_tokens = [], [], 0
-        for row in new.tolist():
-            length = row.index(eos) if eos is not None and eos in row else len(row)
+        for tokens in rows:
+            tokens = tokens[: prompt.max_tokens]
+            length = tokens.index(eos) if eos is not None and eos in tokens else len(tokens)
             completion_tokens += length
-            finish.append("stop" if length < max_tokens else "length")
-            texts.append(self.tokenizer.decode(row[:length], skip_special_tokens=True).strip())
+            finish.append("stop" if length < prompt.max_tokens else "length")
+            texts.append(self.tokenizer.decode(tokens[:length], skip_special_tokens=True).strip())
         return Generation(texts, prompt.length, completion_tokens, finish)

@@ -4,11 +4,13 @@ Endpoints: POST /v1/chat/completions (non-streaming; honours max_tokens, tempera
 returns token usage) and GET /v1/models. With an API key set, every request needs
 `Authorization: Bearer <key>`. Errors use OpenAI's `{"error": {...}}` body so clients report them well.
 Limits (`server_limits.ServeLimits`) are checked before any generation; a full queue answers 429 with
-`Retry-After`, which the openai client honours when it retries.
+`Retry-After`, which the openai client honours when it retries. Requests that arrive together are generated
+together (`batcher.Batcher`: a few milliseconds' window, one left-padded `generate` per batch).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -23,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from domainlm.augment.batcher import Batcher, BatchSettings
 from domainlm.augment.local_model import PromptTooLong
 from domainlm.augment.server_limits import (
     BodySizeLimit,
@@ -99,14 +102,27 @@ def requested_none(body: ChatRequest) -> bool:
 
 
 def create_app(
-    chat_model, model_name: str, api_key: str | None = None, limits: ServeLimits | None = None
+    chat_model,
+    model_name: str,
+    api_key: str | None = None,
+    limits: ServeLimits | None = None,
+    batching: BatchSettings | None = None,
 ) -> FastAPI:
-    """The app over a loaded `LocalChatModel` (or anything with its `encode` and `generate_encoded`)."""
+    """The app over a loaded `LocalChatModel` (or anything with its `encode` and `generate_encoded`; with
+    `generate_batch` too, concurrent requests are batched)."""
     limits = limits or ServeLimits()
     queue = GenerationQueue(limits.max_queue)
-    app = FastAPI(title="domainlm serve", docs_url=None, redoc_url=None)
+    batcher = Batcher(chat_model, batching)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        batcher.close()
+
+    app = FastAPI(title="domainlm serve", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.add_middleware(BodySizeLimit, limit=limits.max_body_bytes)
     app.state.queue = queue  # its `peak` tells a load test how many generations were ever held at once
+    app.state.batcher = batcher  # its `calls` and `sizes` tell how requests were batched
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError):
@@ -163,13 +179,8 @@ def create_app(
                 chat_model.encode, messages, max_tokens, fit_context=requested_none(body)
             )
             with queue:
-                result = await run_in_threadpool(
-                    chat_model.generate_encoded,
-                    prompt,
-                    temperature=body.temperature,
-                    top_p=body.top_p,
-                    n=body.n,
-                    seed=body.seed,
+                result = await batcher.generate(
+                    prompt, temperature=body.temperature, top_p=body.top_p, n=body.n, seed=body.seed
                 )
         except QueueFull as e:
             raise APIError(
@@ -213,6 +224,7 @@ def serve(
     model_name: str | None = None,
     device: str | None = None,
     limits: ServeLimits | None = None,
+    batching: BatchSettings | None = None,
 ) -> None:
     """Load the model and serve it until interrupted."""
     import uvicorn
@@ -221,5 +233,5 @@ def serve(
 
     api_key = api_key_from_env(api_key_env)
     chat_model = LocalChatModel(model_path, device=device)
-    app = create_app(chat_model, model_name or Path(model_path).resolve().name, api_key, limits)
+    app = create_app(chat_model, model_name or Path(model_path).resolve().name, api_key, limits, batching)
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -214,10 +214,18 @@ def serve_command(
     retry_after: int = typer.Option(
         _serve_default("retry_after_s"), help="Seconds a 429 asks the client to wait."
     ),
+    batch_window_ms: float = typer.Option(
+        10.0, help="Milliseconds a request waits for others to share its generate call (dynamic batching)."
+    ),
+    max_batch_size: int = typer.Option(
+        16, help="Most sequences generated together (n samples count n); 1 turns batching off."
+    ),
 ) -> None:
     """Serve a local model as an OpenAI-compatible endpoint (/v1/chat/completions, /v1/models)."""
+    from domainlm.augment.batcher import BatchSettings
     from domainlm.augment.server import serve
 
+    batching = BatchSettings(window_ms=batch_window_ms, max_batch_size=max_batch_size)
     limits = _serve_limits()(
         max_n=max_n,
         max_tokens=max_tokens,
@@ -235,4 +243,5 @@ def serve_command(
         model_name=model_name,
         device=device,
         limits=limits,
+        batching=batching,
     )

@@ -1,0 +1,152 @@
+"""Dynamic batching for `domainlm serve`: requests that arrive together share one `generate` call.
+
+A worker thread takes the first waiting request, keeps collecting for `window_ms` (or until `max_batch_size`
+sequences are waiting), then groups what it has by sampling parameters (all greedy requests together;
+sampled ones by temperature, top_p and seed) and runs each group as one left-padded `generate`. Each request
+gets its own completions, cut at its own `max_tokens`, with its own token counts. On a CPU or GPU one
+batched forward costs little more than one sequence's, so concurrency turns into throughput.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections import Counter
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from domainlm.errors import InputError
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    window_ms: float = 10.0  # how long the first request of a batch waits for company
+    max_batch_size: int = 16  # sequences in one generate call (a request with n samples counts n); 1 = off
+
+    def __post_init__(self):
+        if not (isinstance(self.max_batch_size, int) and self.max_batch_size >= 1):
+            raise InputError(f"max_batch_size must be a positive integer, got {self.max_batch_size!r}")
+        if not self.window_ms >= 0:
+            raise InputError(f"batch window must be >= 0 ms, got {self.window_ms!r}")
+
+
+@dataclass
+class _Request:
+    prompt: object  # local_model.Prompt
+    temperature: float
+    top_p: float
+    n: int
+    seed: int | None
+    future: Future
+
+    @property
+    def rows(self) -> int:
+        return self.n if self.temperature > 0 else 1
+
+    @property
+    def group(self) -> tuple:
+        # Greedy answers do not depend on top_p or the seed, so every greedy request can share a batch.
+        return ("greedy",) if self.temperature == 0 else ("sample", self.temperature, self.top_p, self.seed)
+
+
+_STOP = object()
+
+
+class Batcher:
+    """Runs generations on one worker thread. A model without `generate_batch` (anything with only
+    `generate_encoded`) is served one request at a time."""
+
+    def __init__(self, chat_model, settings: BatchSettings | None = None):
+        self.model, self.settings = chat_model, settings or BatchSettings()
+        # Sequences per generate call; a model that cannot batch takes one request at a time, unwaited.
+        self.limit = self.settings.max_batch_size if hasattr(chat_model, "generate_batch") else 1
+        self.calls = 0  # generate calls made
+        self.sizes: Counter = Counter()  # requests per call -> how many calls
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="domainlm-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, prompt, *, temperature=1.0, top_p=1.0, n=1, seed=None) -> Future:
+        future: Future = Future()
+        self._queue.put(_Request(prompt, temperature, top_p, n, seed, future))
+        return future
+
+    async def generate(self, prompt, **sampling):
+        return await asyncio.wrap_future(self.submit(prompt, **sampling))
+
+    def close(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            waiting, stop = self._collect(first)
+            for batch in self._batches(waiting):
+                self._generate(batch)
+            if stop:
+                return
+
+    def _collect(self, first: _Request) -> tuple[list[_Request], bool]:
+        """The first request plus whatever arrives within the window, up to the batch size in sequences."""
+        waiting, rows = [first], first.rows
+        deadline = time.monotonic() + self.settings.window_ms / 1000
+        while rows < self.limit:
+            left = deadline - time.monotonic()
+            try:
+                item = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return waiting, True
+            waiting.append(item)
+            rows += item.rows
+        return waiting, False
+
+    def _batches(self, waiting: list[_Request]) -> list[list[_Request]]:
+        """Requests grouped by sampling parameters (arrival order kept), each group cut to the batch size and
+        to what fits the context once padded (the longest prompt plus the longest completion)."""
+        context = getattr(self.model, "context_length", None)
+        groups: dict[tuple, list[list[_Request]]] = {}
+        for request in waiting:
+            chunks = groups.setdefault(request.group, [[]])
+            chunk = chunks[-1]
+            candidate = [*chunk, request]
+            too_many = sum(r.rows for r in candidate) > self.limit
+            width = max(r.prompt.length for r in candidate) + max(r.prompt.max_tokens for r in candidate)
+            if chunk and (too_many or (context is not None and width > context)):
+                chunks.append([request])
+            else:
+                chunk.append(request)
+        return [chunk for chunks in groups.values() for chunk in chunks]
+
+    def _generate(self, batch: list[_Request]) -> None:
+        self.calls += 1
+        self.sizes[len(batch)] += 1
+        try:
+            if len(batch) == 1:
+                r = batch[0]
+                results = [
+                    self.model.generate_encoded(
+                        r.prompt, temperature=r.temperature, top_p=r.top_p, n=r.n, seed=r.seed
+                    )
+                ]
+            else:
+                head = batch[0]
+                results = self.model.generate_batch(
+                    [r.prompt for r in batch],
+                    n=[r.n for r in batch],
+                    temperature=head.temperature,
+                    top_p=head.top_p,
+                    seed=head.seed,
+                )
+        except Exception as e:  # every request of the batch gets the error (the server answers 500)
+            for r in batch:
+                r.future.set_exception(e)
+            return
+        for r, result in zip(batch, results, strict=True):
+            r.future.set_result(result)

@@ -1,0 +1,167 @@
+"""Dynamic batching in `domainlm serve`: concurrent requests share one generate call, and each gets exactly
+the answer (and token counts) it would get alone. No timing: the batch window is far longer than the test,
+and a batch closes the moment it is full."""
+
+import asyncio
+from types import SimpleNamespace
+
+import httpx
+import pytest
+
+from domainlm.augment.batcher import Batcher, BatchSettings
+from domainlm.augment.local_model import LocalChatModel
+from domainlm.augment.server import create_app
+from domainlm.errors import InputError
+
+FOREVER_MS = 600_000  # a batch closes when full, never by the clock, in these tests
+QUESTIONS = ["is the answer yes", "the drug is safe", "is the molecule a drug or a protein", "yes no maybe"]
+MAX_TOKENS = [6, 3, 9, 1]  # different lengths and limits: padding and cutting are both exercised
+
+
+@pytest.fixture(scope="module")
+def chat_model(model_dir):
+    model = LocalChatModel(model_dir("llama"), device="cpu")
+    calls = []
+    generate = model.model.generate
+    model.model.generate = lambda *a, **kw: calls.append(kw["input_ids"].shape[0]) or generate(*a, **kw)
+    model.generate_calls = calls  # rows of each real `generate` call
+    return model
+
+
+def prompts(chat_model):
+    return [
+        chat_model.encode([{"role": "user", "content": q}], m)
+        for q, m in zip(QUESTIONS, MAX_TOKENS, strict=True)
+    ]
+
+
+def test_batched_greedy_answers_equal_unbatched_ones_in_one_generate_call(chat_model):
+    alone = [chat_model.generate_encoded(p, temperature=0, n=1) for p in prompts(chat_model)]
+    chat_model.generate_calls.clear()
+    batcher = Batcher(chat_model, BatchSettings(window_ms=FOREVER_MS, max_batch_size=len(QUESTIONS)))
+    try:
+        futures = [batcher.submit(p, temperature=0, seed=k) for k, p in enumerate(prompts(chat_model))]
+        batched = [f.result(timeout=120) for f in futures]
+    finally:
+        batcher.close()
+    assert batched == alone  # texts, prompt and completion token counts, finish reasons
+    assert [g.completion_tokens for g in batched] == MAX_TOKENS  # random weights never stop early
+    assert chat_model.generate_calls == [len(QUESTIONS)] and batcher.calls == 1
+
+
+def test_requests_group_by_sampling_parameters(chat_model):
+    batcher = Batcher(chat_model, BatchSettings(window_ms=FOREVER_MS, max_batch_size=5))
+    chat_model.generate_calls.clear()
+    p = prompts(chat_model)
+    try:
+        futures = [
+            batcher.submit(p[0], temperature=0),
+            batcher.submit(p[1], temperature=0.7, n=2, seed=1),  # two sequences
+            batcher.submit(p[2], temperature=0, top_p=0.5),  # greedy: top_p does not matter
+            batcher.submit(p[3], temperature=0.7, seed=1),
+        ]
+        results = [f.result(timeout=120) for f in futures]
+    finally:
+        batcher.close()
+    assert sorted(chat_model.generate_calls) == [2, 3] and batcher.sizes == {2: 2}
+    assert [len(r.texts) for r in results] == [1, 2, 1, 1]
+    assert results[1].completion_tokens == 2 * MAX_TOKENS[1]
+
+
+def test_concurrent_http_requests_share_one_generate_call(chat_model):
+    app = create_app(chat_model, "tiny", batching=BatchSettings(window_ms=FOREVER_MS, max_batch_size=3))
+    bodies = [
+        {"model": "tiny", "messages": [{"role": "user", "content": q}], "max_tokens": m, "temperature": 0}
+        for q, m in zip(QUESTIONS[:3], MAX_TOKENS, strict=False)
+    ]
+
+    async def ask_all():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://serve") as client:
+            return await asyncio.gather(*(client.post("/v1/chat/completions", json=b) for b in bodies))
+
+    responses = asyncio.run(ask_all())
+    app.state.batcher.close()
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    assert app.state.batcher.calls == 1 and app.state.batcher.sizes == {3: 1}
+    for response, body in zip(responses, bodies, strict=True):
+        alone = chat_model.generate(body["messages"], max_tokens=body["max_tokens"], temperature=0)
+        data = response.json()
+        assert data["choices"][0]["message"]["content"] == alone.texts[0]
+        assert data["usage"] == {
+            "prompt_tokens": alone.prompt_tokens,
+            "completion_tokens": alone.completion_tokens,
+            "total_tokens": alone.prompt_tokens + alone.completion_tokens,
+        }
+
+
+class Recorder:
+    """A model that records the batches it is given; `context_length` small enough to force splits."""
+
+    context_length = 100
+
+    def __init__(self, fail: bool = False):
+        self.batches, self.fail = [], fail
+
+    def generate_batch(self, prompts, *, n, temperature, top_p, seed):
+        if self.fail:
+            raise RuntimeError("out of memory")
+        self.batches.append([p.name for p in prompts])
+        return [p.name for p in prompts]
+
+    def generate_encoded(self, prompt, **kw):
+        return self.generate_batch([prompt], n=[kw["n"]], temperature=0, top_p=1, seed=None)[0]
+
+
+def fake_prompt(name, length, max_tokens):
+    return SimpleNamespace(name=name, length=length, max_tokens=max_tokens)
+
+
+def test_a_batch_is_cut_to_what_fits_the_context_and_errors_reach_every_request():
+    model = Recorder()
+    batcher = Batcher(model, BatchSettings(window_ms=FOREVER_MS, max_batch_size=3))
+    # padded, a and b need 60 + 30 positions; adding c (length 80) would need 80 + 30 > 100
+    futures = [
+        batcher.submit(fake_prompt(*p), temperature=0) for p in (("a", 60, 10), ("b", 20, 30), ("c", 80, 5))
+    ]
+    assert [f.result(timeout=60) for f in futures] == ["a", "b", "c"]
+    batcher.close()
+    assert model.batches == [["a", "b"], ["c"]]
+
+    failing = Batcher(Recorder(fail=True), BatchSettings(window_ms=FOREVER_MS, max_batch_size=2))
+    futures = [failing.submit(fake_prompt(name, 1, 1), temperature=0) for name in "xy"]
+    for future in futures:
+        with pytest.raises(RuntimeError, match="out of memory"):
+            future.result(timeout=60)
+    failing.close()
+
+
+def test_a_model_without_generate_batch_is_served_one_request_at_a_time():
+    class Single:
+        def generate_encoded(self, prompt, **kw):
+            return prompt.name
+
+    batcher = Batcher(Single(), BatchSettings(window_ms=FOREVER_MS, max_batch_size=8))
+    futures = [batcher.submit(fake_prompt(name, 1, 1), temperature=0) for name in "abc"]
+    assert [f.result(timeout=60) for f in futures] == ["a", "b", "c"]  # no wait for a batch that never fills
+    batcher.close()
+    assert batcher.calls == 3
+
+
+def test_batch_settings_are_checked_and_come_from_the_cli(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from domainlm.augment import server as server_module
+    from domainlm.cli import _register, app
+
+    with pytest.raises(InputError, match="max_batch_size"):
+        BatchSettings(max_batch_size=0)
+    with pytest.raises(InputError, match="window"):
+        BatchSettings(window_ms=-1)
+    seen = {}
+    monkeypatch.setattr(server_module, "serve", lambda model, **kw: seen.update(kw))
+    _register()
+    args = ["serve", "--model", str(tmp_path), "--batch-window-ms", "5", "--max-batch-size", "4"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert seen["batching"] == BatchSettings(window_ms=5.0, max_batch_size=4)
