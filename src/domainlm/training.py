@@ -17,11 +17,28 @@
   optimizer, schedule, random states, position, history and best state. Resuming from it continues exactly
   as the uninterrupted run would have;
 * progress: a progress bar on a terminal (elsewhere a log line every 5% of the steps), and a log line at each
-  validation; `resume` says which step it continues after, or that there is no checkpoint to continue.
+  validation; `resume` says which step it continues after, or that there is no checkpoint to continue;
+* devices and processes: training runs through an `accelerate.Accelerator` (`domainlm.distributed`), with
+  `mixed_precision` (auto: bf16 on a GPU that has it, fp16 on an older one, float32 on the CPU) and, under
+  `accelerate launch` / `torchrun`, several processes (below).
+
+Several processes (data parallel). `batch_size` is each process's; an optimizer step takes
+`grad_accum x processes` of the epoch's batches (the same list on every process, a function of the seed),
+the process of rank r running every processes-th of them. After the step's backward passes the gradients of
+the trainable weights alone are summed across processes (one all-reduce; the frozen base is never
+synchronised), and every process applies the same step, so weights, optimizer and schedule stay identical
+everywhere: one process with `grad_accum x processes` trains the same weights, up to float rounding. The
+loss values, the non-finite flags of every batch and Ctrl-C / SIGTERM on any process are shared too, so all
+processes skip, stop and checkpoint at the same step. This is what DDP does, written out: DDP's hooks would
+miss the span-reuse forward (it does not go through `module.forward`), hang when one process skips a
+non-finite batch or has no batch left at an epoch's uneven tail, and broadcast the whole frozen model at
+start. Only the main process logs and writes the checkpoint (with every process's random state); a resumed
+run reads it there and sends it to the others, and must use as many processes as the run that wrote it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import pickle
 import random
@@ -33,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from domainlm import io
+from domainlm import distributed, io
 from domainlm.errors import DomainLMError
 from domainlm.interrupts import TrainingInterrupted, deferred_interrupts
 from domainlm.metrics import selection_value
@@ -61,6 +78,7 @@ class LoopSettings:
     checkpoint_every: int = 0  # optimizer steps; 0: only at epoch ends
     # Validate once before the first step, so selection can keep the starting weights (a probe-fitted head).
     validate_at_start: bool = False
+    mixed_precision: str = "auto"  # auto | no | bf16 | fp16 (auto: bf16/fp16 on a GPU, float32 on the CPU)
 
     def __post_init__(self):
         for name in ("batch_size", "grad_accum", "evals_per_epoch"):
@@ -72,6 +90,11 @@ class LoopSettings:
             raise DomainLMError(f"max_grad_norm must be positive (or None), got {self.max_grad_norm}")
         if self.checkpoint_every < 0:
             raise DomainLMError("checkpoint_every must be >= 0")
+        if self.mixed_precision not in distributed.MIXED_PRECISION:
+            raise DomainLMError(
+                f"mixed_precision must be one of {', '.join(distributed.MIXED_PRECISION)}, "
+                f"got {self.mixed_precision!r}"
+            )
 
 
 @dataclass
@@ -108,6 +131,7 @@ class TrainConfig:
     padding_side: str = "right"
     dtype: str = "float32"
     device: str | None = None
+    mixed_precision: str = "auto"  # see LoopSettings
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -251,8 +275,12 @@ def fit(
     params = method.trainable_parameters()
     if not params:
         raise DomainLMError("nothing to train: every parameter is frozen")
-    seed_everything(s.seed)
-    steps_per_epoch = math.ceil(math.ceil(method.n_examples / s.batch_size) / s.grad_accum)
+    team = _Team.start(method, params, s)
+    if not team.main:
+        log = _silent
+    seed_everything(s.seed + team.rank)  # rank 0 draws as a single process does
+    per_step = s.grad_accum * team.size  # batches an optimizer step takes, over all processes
+    steps_per_epoch = math.ceil(math.ceil(method.n_examples / s.batch_size) / per_step)
     total_steps = max(1, math.ceil(steps_per_epoch * s.epochs))
     optimizer = torch.optim.AdamW(params.values(), lr=s.lr, weight_decay=s.weight_decay)
     scheduler = get_scheduler(
@@ -262,16 +290,21 @@ def fit(
         num_warmup_steps=math.ceil(s.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
-    at = _Position()
-    if resume and checkpoint is not None and Path(checkpoint).exists():
-        at = _load(Path(checkpoint), s, params, optimizer, scheduler)
+    # The accelerator's optimizer applies fp16's loss scale; the schedule stays ours (accelerate's would step
+    # once per process).
+    optimizer = team.accelerator.prepare_optimizer(optimizer, device_placement=False)
+    at, found = _Position(), None
+    if resume and checkpoint is not None:
+        found = team.from_main(lambda: _read(Path(checkpoint)) if Path(checkpoint).exists() else None)
+    if found is not None:
+        at = _restore(found, Path(checkpoint), s, params, optimizer, scheduler, team)
         log(f"resumed from {checkpoint} after step {at.step} of {total_steps} ({at.epoch} epochs done)")
     elif resume:
         log(f"resume: no checkpoint at {checkpoint}, so training starts from step 0")
     eval_every = max(1, steps_per_epoch // s.evals_per_epoch)
     log(
         f"training {sum(p.numel() for p in params.values()):,} parameters "
-        f"({_summarise(list(params))}); {total_steps} optimizer steps"
+        f"({_summarise(list(params))}); {total_steps} optimizer steps{team.describe(s)}"
     )
     if s.validate_at_start and validate is not None and at.step == 0 and not at.history:
         row = {"step": 0, "epoch": 0.0}
@@ -280,33 +313,36 @@ def fit(
         at.history.append(row)
     method.train_mode(True)
     tokens, started = 0, time.perf_counter()
-    bar = progress_bar(total=total_steps, description=description, completed=at.step, log=log)
+    bar = (
+        progress_bar(total=total_steps, description=description, completed=at.step, log=log)
+        if team.main
+        else contextlib.nullcontext(_NoBar())
+    )
     with deferred_interrupts() as stop, bar as bar:
         while at.step < total_steps:
             batches = method.batches(s.batch_size, s.seed + at.epoch)
-            groups = [batches[i : i + s.grad_accum] for i in range(0, len(batches), s.grad_accum)]
+            groups = [batches[i : i + per_step] for i in range(0, len(batches), per_step)]
             while at.next_group < len(groups) and at.step < total_steps:
                 group = groups[at.next_group]
-                losses, skipped = [], 0
-                for batch in group:
-                    loss = method.loss(batch)
-                    if not torch.isfinite(loss.detach()):
-                        skipped += 1
-                        _count_nonfinite(at, 1, log)
-                        continue
-                    at.streak = 0
-                    (loss / len(group)).backward()
-                    losses.append(float(loss.detach()))
-                    tokens += method.tokens(batch)
-                if losses:
-                    norm = torch.nn.utils.clip_grad_norm_(params.values(), s.max_grad_norm or math.inf)
-                    if not torch.isfinite(norm):
+                losses, skipped, n_tokens = _accumulate(method, group, team, at, log)
+                tokens += n_tokens
+                has_gradient = bool(losses)
+                if has_gradient:
+                    norm = team.accelerator.clip_grad_norm_(params.values(), s.max_grad_norm or math.inf)
+                    if not torch.isfinite(norm) and team.accelerator.scaler is not None:
+                        # fp16: an overflow the loss scale answers (the scaler skips the step and lowers
+                        # it), not a sign of divergence
+                        log(f"step {at.step + 1}: fp16 gradient overflow; step skipped, loss scale lowered")
+                        skipped += len(losses)
+                        losses = []
+                    elif not torch.isfinite(norm):
                         optimizer.zero_grad(set_to_none=True)
                         skipped += len(losses)
                         _count_nonfinite(at, len(losses), log)
                         losses = []
                 # A skipped step leaves no gradient, so nothing moves; the schedule still advances.
-                optimizer.step()
+                if has_gradient or team.accelerator.scaler is None:
+                    optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 at.step += 1
@@ -329,11 +365,12 @@ def fit(
                 epoch_done = at.next_group == len(groups)
                 if epoch_done:
                     at.epoch, at.next_group = at.epoch + 1, 0
+                signal_name = team.any_signal(stop.signal)
                 due = s.checkpoint_every and at.step % s.checkpoint_every == 0
-                if checkpoint is not None and (due or epoch_done or at.step >= total_steps or stop.signal):
-                    _save(Path(checkpoint), s, params, optimizer, scheduler, at)
-                if stop.signal:
-                    raise TrainingInterrupted(_stopped(stop.signal, at.step, total_steps, checkpoint))
+                if checkpoint is not None and (due or epoch_done or at.step >= total_steps or signal_name):
+                    _save(Path(checkpoint), s, params, optimizer, scheduler, at, team)
+                if signal_name:
+                    raise TrainingInterrupted(_stopped(signal_name, at.step, total_steps, checkpoint))
                 if epoch_done:
                     break
     seconds = time.perf_counter() - started
@@ -351,6 +388,149 @@ def fit(
         seconds=seconds,
         tokens_per_s=tokens / max(1e-9, seconds),
     )
+
+
+def _accumulate(method, group: list[list[int]], team: _Team, at: _Position, log):
+    """Forward and backward passes of this process's share of a step's batches: the step's finite batch
+    losses (all processes'), its skipped batches and tokens. Gradients end up summed over processes; a
+    step's loss is the mean over all its batches, so each backward is scaled by 1 / len(group)."""
+    mine = group[team.rank :: team.size]
+    finite, losses, tokens = [], [], 0
+    for batch in mine:
+        with team.accelerator.autocast():
+            loss = method.loss(batch)
+        ok = bool(torch.isfinite(loss.detach()))
+        finite.append(ok)
+        if team.size == 1:  # counted as it happens: a diverged run stops at its NONFINITE_LIMIT-th batch
+            _note_batch(at, ok, log)
+        if not ok:
+            continue
+        team.accelerator.backward(loss / len(group))
+        losses.append(float(loss.detach()))
+        tokens += method.tokens(batch)
+    if team.size > 1:
+        finite, losses, tokens = team.merge_step(group, finite, losses, tokens)
+        for ok in finite:  # in the batches' order, as one process would have met them
+            _note_batch(at, ok, log)
+        team.sum_gradients()
+    return losses, finite.count(False), tokens
+
+
+def _note_batch(at: _Position, finite: bool, log) -> None:
+    if finite:
+        at.streak = 0
+    else:
+        _count_nonfinite(at, 1, log)
+
+
+def _silent(_: str) -> None:
+    pass
+
+
+class _NoBar:
+    """The progress bar of a process that is not the main one."""
+
+    def update(self, completed: int, **fields) -> None:
+        pass
+
+
+class _Team:
+    """This process among those training together (one, when not launched with several): its rank, its
+    accelerator, and the collectives the loop needs. With one process every method returns at once."""
+
+    def __init__(self, accelerator, rank: int, size: int, params: dict[str, torch.nn.Parameter]):
+        self.accelerator, self.rank, self.size, self.params = accelerator, rank, size, params
+        self.main = rank == 0
+
+    @classmethod
+    def start(cls, method: TrainableMethod, params: dict, settings: LoopSettings) -> _Team:
+        size, rank = distributed.num_processes(), distributed.process_index()
+        if size > 1:
+            here = distributed.device()
+            if next(iter(params.values())).device != here:
+                method.module.to(here)  # each process trains on its own device
+        on = next(iter(params.values())).device
+        precision = distributed.resolve_mixed_precision(settings.mixed_precision, on)
+        accelerator = distributed.accelerator(precision)
+        if precision != "no" and accelerator.device.type != on.type:
+            raise DomainLMError(
+                f"mixed_precision {precision} runs on {accelerator.device.type}, but the model is on {on}; "
+                f"put the model on {accelerator.device.type} or use mixed_precision no"
+            )
+        if precision == "fp16" and any(p.dtype != torch.float32 for p in params.values()):
+            raise DomainLMError(
+                "mixed_precision fp16 needs float32 trainable weights (its loss scale cannot unscale fp16 "
+                "gradients); load the model in float32 or bfloat16, or use mixed_precision bf16"
+            )
+        team = cls(accelerator, rank, size, params)
+        if size > 1:  # every process starts from the main process's weights (a head's random start)
+            with torch.no_grad():
+                for p in params.values():
+                    torch.distributed.broadcast(p.data, src=0)
+        return team
+
+    def describe(self, settings: LoopSettings) -> str:
+        precision = self.accelerator.mixed_precision
+        parts = [f"mixed precision {precision}"] if precision != "no" else []
+        if self.size > 1:
+            parts.append(
+                f"{self.size} processes, {settings.batch_size} x {settings.grad_accum} x {self.size} "
+                "examples a step"
+            )
+        return f" ({'; '.join(parts)})" if parts else ""
+
+    def from_main(self, read: Callable[[], object]):
+        """`read()` on the main process, its result (or its DomainLMError) on every process."""
+        if self.size == 1:
+            return read()
+        try:
+            found = ("ok", read()) if self.main else None
+        except DomainLMError as e:
+            found = ("error", str(e))
+        kind, value = distributed.from_main(found)
+        if kind == "error":
+            raise DomainLMError(value)
+        return value
+
+    def merge_step(self, group, finite: list[bool], losses: list[float], tokens: int):
+        """Every process's finite flags and losses for the step's batches, in the batches' order."""
+        n = len(group)
+        flags, values = [0.0] * n, [0.0] * n
+        for k, ok in enumerate(finite):
+            flags[self.rank + k * self.size] = 1.0 if ok else -1.0
+        mine = iter(losses)
+        for k, ok in enumerate(finite):
+            if ok:
+                values[self.rank + k * self.size] = next(mine)
+        summed = distributed.sum_across([*flags, *values, float(tokens)])
+        finite_all = [f > 0 for f in summed[:n]]
+        losses_all = [v for v, ok in zip(summed[n : 2 * n], finite_all) if ok]
+        return finite_all, losses_all, int(summed[-1])
+
+    @torch.no_grad()
+    def sum_gradients(self) -> None:
+        """Sum the trainable weights' gradients over processes (one all-reduce); a weight no process has a
+        gradient for keeps none, so the optimizer leaves it alone as a single process would."""
+        params = list(self.params.values())
+        flat = torch.cat(
+            [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params]
+            + [torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)]
+        )
+        torch.distributed.all_reduce(flat)
+        present, offset = flat[-len(params) :], 0
+        for p, has in zip(params, present.tolist()):
+            if has:
+                p.grad = flat[offset : offset + p.numel()].view_as(p).to(p.dtype).clone()
+            offset += p.numel()
+
+    def any_signal(self, mine: str | None) -> str | None:
+        """A Ctrl-C / SIGTERM received by any process, so that all stop after the same step."""
+        if self.size == 1:
+            return mine
+        return next((name for name in distributed.all_objects(mine) if name), None)
+
+    def random_states(self) -> list[dict]:
+        return distributed.all_objects(_rng_state()) if self.size > 1 else [_rng_state()]
 
 
 def _stopped(signal_name: str, step: int, total_steps: int, checkpoint: Path | None) -> str:
@@ -407,8 +587,13 @@ def _copy_into(params: dict[str, torch.nn.Parameter], tensors: dict[str, torch.T
 # ---- checkpoints ------------------------------------------------------------------------------------------
 
 
-def _save(path: Path, settings: LoopSettings, params, optimizer, scheduler, at: _Position) -> None:
+def _save(path: Path, settings: LoopSettings, params, optimizer, scheduler, at: _Position, team) -> None:
+    """Every process takes part (their random states are gathered); the main process writes."""
+    states = team.random_states()
+    if not team.main:
+        return
     best = at.best and {**at.best, "weights": {k: v.cpu() for k, v in at.best["weights"].items()}}
+    scaler = team.accelerator.scaler
     state = {
         "settings": asdict(settings),
         "trainable": {k: p.detach().cpu() for k, p in params.items()},
@@ -417,15 +602,19 @@ def _save(path: Path, settings: LoopSettings, params, optimizer, scheduler, at: 
         "position": {k: v for k, v in asdict(at).items() if k not in {"history", "best"}},
         "history": at.history,
         "best": best,
-        "rng": _rng_state(),
+        "rng": states[0],
+        "processes": team.size,
+        "scaler": scaler.state_dict() if scaler is not None else None,
     }
+    if team.size > 1:
+        state["rng_per_process"] = states
     with io.atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
-def _load(path: Path, settings: LoopSettings, params, optimizer, scheduler) -> _Position:
+def _read(path: Path) -> dict:
     try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
+        return torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError:  # torch's own text would suggest weights_only=False: never
         raise DomainLMError(
             f"cannot read the checkpoint {path}: it holds objects other than tensors and plain values; "
@@ -433,11 +622,24 @@ def _load(path: Path, settings: LoopSettings, params, optimizer, scheduler) -> _
         ) from None
     except Exception as e:  # a truncated or foreign file: say which, rather than a pickle traceback
         raise DomainLMError(f"cannot read the checkpoint {path}: {str(e).splitlines()[0]}") from None
-    if state["settings"] != asdict(settings):
-        changed = sorted(k for k, v in asdict(settings).items() if state["settings"].get(k) != v)
+
+
+def _restore(state: dict, path: Path, settings: LoopSettings, params, optimizer, scheduler, team):
+    # A setting newer than the checkpoint reads as its default.
+    saved_settings = {f.name: f.default for f in fields(LoopSettings) if f.name not in state["settings"]}
+    saved_settings.update(state["settings"])
+    if saved_settings != asdict(settings):
+        changed = sorted(k for k, v in asdict(settings).items() if saved_settings.get(k) != v)
         raise DomainLMError(
             f"the checkpoint {path} was written with other training settings ({', '.join(changed)}); "
             "resume with the same settings, or start again"
+        )
+    processes = state.get("processes", 1)
+    if processes != team.size:
+        raise DomainLMError(
+            f"the checkpoint {path} was written by {processes} process(es), this run has {team.size}: an "
+            f"optimizer step spans batch_size x grad_accum x processes examples, so resume with "
+            f"{processes} (accelerate launch --num_processes {processes} ...), or start again"
         )
     saved = state["trainable"]
     if {k: tuple(v.shape) for k, v in saved.items()} != {k: tuple(p.shape) for k, p in params.items()}:
@@ -445,7 +647,9 @@ def _load(path: Path, settings: LoopSettings, params, optimizer, scheduler) -> _
     _copy_into(params, saved)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state(state["rng"])
+    if state.get("scaler") and team.accelerator.scaler is not None:
+        team.accelerator.scaler.load_state_dict(state["scaler"])
+    _set_rng_state(state.get("rng_per_process", [state["rng"]])[team.rank])
     device = next(iter(params.values())).device
     best = state["best"]
     if best is not None:
