@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from domainlm import gguf
+from domainlm import distributed, gguf
 from domainlm.errors import DomainLMError, InputError
 
 
@@ -182,12 +182,27 @@ def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def pick_device(name: str | None = "auto") -> str:
-    """`auto` (or None): CUDA when there is one, else the CPU; an explicit `cuda` must exist."""
-    if name in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
+    """`auto` (or None): CUDA when there is one, else the CPU; an explicit `cuda` must exist. Under a
+    launcher with several processes, `auto` and `cuda` mean this process's own GPU."""
     if name == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda asked for, but no CUDA device is available")
+    if name in (None, "auto", "cuda") and distributed.launched():
+        return str(distributed.device())
+    if name in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
     return name
+
+
+def process_device(name: str | None) -> str | None:
+    """Where a training process puts the model: `name` as given (None: where it loads) in a single
+    process; under a launcher with several, this process's own device (cuda:LOCAL_RANK, or the CPU), as
+    one fixed device for all would put every process on one GPU."""
+    if not distributed.launched():
+        return name
+    here = str(distributed.device())
+    if name not in (None, "auto") and torch.device(name).type != torch.device(here).type:
+        raise InputError(f"--device {name}: under a multi-process launch each process trains on {here}")
+    return here
 
 
 # ---- what a model is -----------------------------------------------------------------------------------

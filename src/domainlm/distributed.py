@@ -98,7 +98,7 @@ def shard(n: int) -> list[int]:
 def gather_rows(compute: Callable[[list[int]], np.ndarray], n: int) -> np.ndarray:
     """`compute(indices)` gives one row per index; the rows of all n items, in order, each computed once by
     the process whose shard holds it (an uneven tail is neither dropped nor repeated)."""
-    if not launched():
+    if not launched() or n == 0:
         return compute(list(range(n)))
     mine = shard(n)
     rows = compute(mine) if mine else None

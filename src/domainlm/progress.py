@@ -15,6 +15,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from domainlm import distributed
+
 LOG_LINES = 20  # lines a run logs instead of a bar: one every 5% of its steps
 
 
@@ -43,7 +45,11 @@ def batches_by_length(lengths: list[int], batch_size: int, description: str):
 
 @contextlib.contextmanager
 def progress_bar(total: int, description: str, completed: int = 0, log=None):
-    """A bar on a terminal; otherwise, with `log`, a log line every 1/LOG_LINES of `total`."""
+    """A bar on a terminal; otherwise, with `log`, a log line every 1/LOG_LINES of `total`. Of several
+    processes training together only the main one shows progress."""
+    if not distributed.is_main_process():
+        yield _Bar(None, None)
+        return
     if not sys.stderr.isatty():
         yield _Bar(None, None, log, total, description)
         return

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from domainlm import io
+from domainlm import distributed, io
 from domainlm.corpus import CorpusSource
 from domainlm.errors import DomainLMError
 from domainlm.tasks.resolve import TaskSource
@@ -117,9 +118,21 @@ def finished_run_config(run_dir: str | Path) -> RunConfig:
 
 class RunDirectory:
     """One run's folder. `status.json` reads "running" until `complete()`; a killed or failed run never
-    looks finished, and `--resume` picks its checkpoint up again."""
+    looks finished, and `--resume` picks its checkpoint up again.
+
+    Under a launcher with several processes only the main one writes the folder: the others get a scratch
+    folder of their own (removed at the end) for whatever a run writes, and a silent log, so code writing
+    under `path` needs no check of its own (`training.fit` reads and writes checkpoints on the main
+    process only)."""
 
     def __init__(self, path: str | Path, *, resume: bool = False, overwrite: bool = False):
+        self.scratch = not distributed.is_main_process()
+        if self.scratch:
+            self.path = Path(tempfile.mkdtemp(prefix=f"domainlm-process{distributed.process_index()}-"))
+            self.started = time.time()
+            self.logger = logging.getLogger(f"domainlm.scratch.{self.path.name}")
+            self.logger.propagate = False  # the main process logs for all
+            return
         self.path = Path(path)
         status = self.read_status(self.path)
         if status == "complete" and not overwrite:
@@ -170,6 +183,8 @@ class RunDirectory:
         for handler in list(self.logger.handlers):
             handler.close()
             self.logger.removeHandler(handler)
+        if self.scratch:
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
 def _file_logger(path: Path) -> logging.Logger:

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from domainlm import io, metrics, plots
+from domainlm import distributed, io, metrics, plots
+from domainlm.backbone import process_device
 from domainlm.corpus import CorpusSource
 from domainlm.engine.encoding import check_fits
 from domainlm.engine.head_init import initialize_head
@@ -78,9 +79,14 @@ def prepare_tags(
 def start_head(tm: TaggedModel, method: TagMethod, function_tag: str, config: TrainConfig) -> dict:
     """Standardise (and with "probe", fit) the new head on the untrained tags' training read-outs."""
     split = method.split
-    features = readout_features(
-        tm, split.inputs, isolate=method.isolate, batch_size=config.eval_batch_size, cache=method.cache
-    )
+
+    def read(idx: list[int]):
+        inputs = [split.inputs[i] for i in idx]
+        return readout_features(
+            tm, inputs, isolate=method.isolate, batch_size=config.eval_batch_size, cache=method.cache
+        )
+
+    features = distributed.gather_rows(read, len(split))  # each process reads its shard
     labels = tm.label_tensor(function_tag, split.labels).numpy()
     return initialize_head(tm, function_tag, features, labels, config.head_init)
 
@@ -100,9 +106,13 @@ def evaluate_split(
     description: str = "evaluating",
     cache=None,
 ) -> tuple[dict[str, float], np.ndarray]:
-    preds = predict(
-        tm, split.inputs, isolate=isolate, batch_size=batch_size, description=description, cache=cache
-    )
+    def run(idx: list[int]) -> np.ndarray:
+        inputs = [split.inputs[i] for i in idx]
+        return predict(
+            tm, inputs, isolate=isolate, batch_size=batch_size, description=description, cache=cache
+        )
+
+    preds = distributed.gather_rows(run, len(split))  # under several processes each predicts its shard
     if spec.head == "regression":
         return metrics.compute(spec.metrics, split.labels, preds.reshape(-1)), preds
     names = [m for m in spec.metrics if m in metrics.CLASSIFICATION_METRICS]
@@ -350,7 +360,7 @@ def train_domain_tag(
 def _tagged_model(model: str | TaggedModel, config: TrainConfig, tags, on_conflict="error") -> TaggedModel:
     """The model to train (loaded when named) with the tag libraries it starts from."""
     if not isinstance(model, TaggedModel):
-        model = TaggedModel.from_pretrained(model, dtype=config.dtype, device=config.device)
+        model = TaggedModel.from_pretrained(model, dtype=config.dtype, device=process_device(config.device))
     if tags:
         model.load_tags(*tags, on_conflict=on_conflict)
     return model

@@ -29,9 +29,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from domainlm import cache, io
+from domainlm import cache, distributed, io
 from domainlm import metrics as metric_functions
-from domainlm.backbone import ensure_pad_token, is_causal_lm, load, lora_layers, lora_targets, max_positions
+from domainlm.backbone import (
+    ensure_pad_token,
+    is_causal_lm,
+    load,
+    lora_layers,
+    lora_targets,
+    max_positions,
+    process_device,
+)
 from domainlm.batching import pad_ids
 from domainlm.engine.heads import Head, HeadSpec
 from domainlm.engine.tag_specs import initial_tag
@@ -100,6 +108,7 @@ def load_backbone(model, dtype: str = "float32", device: str | None = None) -> B
     for p in body.parameters():
         p.requires_grad_(False)
     body.eval()
+    device = process_device(device)  # several processes: each its own
     if device:
         body.to(device)
     return Backbone(body, tokenizer, causal, name)
@@ -284,7 +293,17 @@ def head_spec_for(task: TaskSpec, data: TaskData) -> HeadSpec:
 def predict(
     net: HeadedBackbone, ids: list[list[int]], pad_id: int, batch_size: int, desc="predicting"
 ) -> np.ndarray:
-    """Regression values in label units, or class indices, in input order."""
+    """Regression values in label units, or class indices, in input order; under several processes each
+    predicts its shard and all get every row."""
+    return distributed.gather_rows(
+        lambda idx: _predict([ids[i] for i in idx], net, pad_id, batch_size, desc), len(ids)
+    )
+
+
+@torch.no_grad()
+def _predict(
+    ids: list[list[int]], net: HeadedBackbone, pad_id: int, batch_size: int, desc: str
+) -> np.ndarray:
     was_training = net.training
     net.eval()
     device = net.head.linear.weight.device

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from domainlm import distributed
 from domainlm.training import TrainableMethod, TrainResult, fit
 
 
@@ -28,12 +29,15 @@ class StudentTraining(TrainableMethod):
 
 @torch.no_grad()
 def mean_loss(student, features: list[dict], batch_size: int) -> float:
-    """Example-weighted mean loss over `features` (teacher-forced for generative students)."""
+    """Example-weighted mean loss over `features` (teacher-forced for generative students); under several
+    processes each sums its shard."""
     student.model.eval()
+    mine = distributed.shard(len(features))
     total = 0.0
-    for start in range(0, len(features), batch_size):
-        chunk = features[start : start + batch_size]
+    for start in range(0, len(mine), batch_size):
+        chunk = [features[i] for i in mine[start : start + batch_size]]
         total += student.loss(student.collate(chunk)).item() * len(chunk)
+    (total,) = distributed.sum_across([total])
     return total / len(features)
 
 
