@@ -106,7 +106,7 @@ def test_an_answer_that_stays_empty_is_a_reject_not_a_failure(tmp_path):
     counts = manifest["counts"]
     assert manifest["status"] == "complete" and counts["failed_requests"] == 0
     assert counts["malformed_replies"] == 2 * 3 and counts["requests_sent"] == 6
-    assert manifest["rejects_by_reason"]["unparseable"] == 2
+    assert manifest["rejects_by_reason"]["empty"] == 2
 
 
 def test_parse_completion_is_what_the_teacher_uses():

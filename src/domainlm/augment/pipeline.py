@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import random
 import time
 from collections import Counter
@@ -19,7 +21,7 @@ from pathlib import Path
 from domainlm import io
 from domainlm.augment.pricing import estimate_cost, price_for
 from domainlm.augment.prompts import PromptTemplate, load_template
-from domainlm.augment.replies import REASONS, judge_reply, normalise
+from domainlm.augment.replies import REASONS, Filters, NearDuplicates, judge_reply
 from domainlm.augment.reply_cache import Reply, ReplyCache, request_key
 from domainlm.augment.teachers import MalformedReply, RequestFailed, RetryableError, Teacher
 from domainlm.errors import InputError
@@ -48,6 +50,9 @@ class AugmentConfig:
     prompt_dir: str | None = None  # directory of <mode>.txt templates overriding the packaged ones
     price_in: float | None = None  # USD per million prompt tokens, overriding the price table
     price_out: float | None = None  # USD per million completion tokens
+    near_duplicate: float = 0.8  # word-set Jaccard at which a question is a near duplicate (1.0: exact only)
+    max_question_words: int = 64  # longer generated questions are dropped as too_long
+    max_answer_words: int = 256  # likewise for answers
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -67,6 +72,11 @@ class AugmentConfig:
             raise InputError(f"invalid value for {bad}: {[getattr(self, b) for b in bad]}")
         if (self.price_in is None) != (self.price_out is None):
             raise InputError("give both --price-in and --price-out, or neither")
+        _ = self.filters  # refuses bad thresholds now, not at the end of the run
+
+    @property
+    def filters(self) -> Filters:
+        return Filters(self.near_duplicate, self.max_question_words, self.max_answer_words)
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -81,6 +91,13 @@ class Job:
     messages: list[dict]
     seed: int
     key: str
+    template_sha256: str
+
+    @property
+    def prompt_sha256(self) -> str:
+        """The rendered prompt's hash: which exact messages the teacher saw."""
+        blob = json.dumps(self.messages, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 @dataclass
@@ -132,7 +149,7 @@ def build_jobs(
                 seed = config.seed + sample
                 params = {"temperature": config.temperature, "max_tokens": config.max_tokens, "seed": seed}
                 key = request_key(teacher, config.model, messages, params, sample)
-                jobs.append(Job(item, mode, sample, messages, seed, key))
+                jobs.append(Job(item, mode, sample, messages, seed, key, templates[mode].sha256))
     return jobs
 
 
@@ -185,7 +202,7 @@ class Fetcher:
             self.stats.usage_this_run.update(prompt=reply.prompt_tokens, completion=reply.completion_tokens)
         self.results[job.key] = reply
         self.stats.usage.update(prompt=reply.prompt_tokens, completion=reply.completion_tokens)
-        if judge_reply(reply.text, job.parent, job.mode, job.sample).reason:
+        if judge_reply(reply.text, job.parent, job.mode, job.sample, self.config.filters).reason:
             self.stats.rejected += 1
         self._finish()
 
@@ -219,9 +236,14 @@ class Fetcher:
         raise AssertionError("unreachable")
 
 
-def judge_all(jobs: list[Job], results: dict, originals: list[QAItem]) -> tuple[list[QAItem], list[dict]]:
-    """Accepted items and reject rows, decided in job order; a question seen before is a duplicate."""
-    seen = {normalise(item.question): item.id for item in originals}
+def judge_all(
+    jobs: list[Job], results: dict, originals: list[QAItem], config: AugmentConfig, teacher: str
+) -> tuple[list[QAItem], list[dict]]:
+    """Accepted items and reject rows, decided in job order: a question equal or near to an original or to
+    an earlier accepted item is a (near) duplicate. Accepted items carry their provenance."""
+    seen = NearDuplicates(config.near_duplicate)
+    for item in originals:
+        seen.add(item.question, item.id)
     accepted, rejects = [], []
     for job in jobs:
         result = results.get(job.key)
@@ -229,16 +251,37 @@ def judge_all(jobs: list[Job], results: dict, originals: list[QAItem]) -> tuple[
         if isinstance(result, RequestFailed):
             rejects.append({**base, "reason": "request_failed", "detail": str(result), "reply": None})
             continue
-        verdict = judge_reply(result.text, job.parent, job.mode, job.sample)
+        verdict = judge_reply(result.text, job.parent, job.mode, job.sample, config.filters)
         if verdict.item is not None:
-            first = seen.get(normalise(verdict.item.question))
-            if first is None:
-                seen[normalise(verdict.item.question)] = verdict.item.id
+            match = seen.match(verdict.item.question)
+            if match is None:
+                seen.add(verdict.item.question, verdict.item.id)
+                verdict.item.provenance = provenance(job, config, teacher)
                 accepted.append(verdict.item)
                 continue
-            verdict.reason, verdict.detail = "duplicate", f"same question as {first}"
+            reason, first, similarity = match
+            verdict.reason = reason
+            verdict.detail = (
+                f"same question as {first}"
+                if reason == "duplicate"
+                else (f"near the question of {first} (word Jaccard {similarity:.2f})")
+            )
         rejects.append({**base, "reason": verdict.reason, "detail": verdict.detail, "reply": result.text})
     return accepted, rejects
+
+
+def provenance(job: Job, config: AugmentConfig, teacher: str) -> dict:
+    """Where a generated item came from, stored with it in train.jsonl."""
+    return {
+        "source_id": job.parent.id,
+        "mode": job.mode,
+        "sample": job.sample,
+        "teacher": teacher,
+        "model": config.model,
+        "prompt_sha256": job.prompt_sha256,
+        "template_sha256": job.template_sha256,
+        "request_key": job.key,
+    }
 
 
 def run_augment(
@@ -270,7 +313,7 @@ def run_augment(
         cache.close()
 
     originals = splits.train if config.include_originals else []
-    accepted, rejects = judge_all(jobs, results, splits.train)
+    accepted, rejects = judge_all(jobs, results, splits.train, config, teacher.name)
     write_qa_jsonl(out_dir / "train.jsonl", [*originals, *accepted])
     write_qa_jsonl(out_dir / "dev.jsonl", splits.dev)
     write_qa_jsonl(out_dir / "test.jsonl", splits.test)

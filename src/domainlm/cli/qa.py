@@ -123,6 +123,13 @@ def augment(
     price_out: float | None = typer.Option(
         None, help="USD per million completion tokens (overrides the table)."
     ),
+    near_duplicate: float = typer.Option(
+        0.8,
+        help="Word-set Jaccard similarity at which a generated question is a near duplicate of the source "
+        "question, an original or an earlier generated one, and dropped (1.0: exact duplicates only).",
+    ),
+    max_question_words: int = typer.Option(64, help="Generated questions longer than this are dropped."),
+    max_answer_words: int = typer.Option(256, help="Generated answers longer than this are dropped."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """Generate training data with a teacher LLM; every reply is cached, so reruns resume and cost nothing."""

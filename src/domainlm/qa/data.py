@@ -1,6 +1,7 @@
 """PubMedQA and user QA data: items, the official and paper splits, and QA JSONL files.
 
-One JSONL line is one item: `{"id", "question", "context", "label", "long_answer", "source", "parent_id"}`.
+One JSONL line is one item: `{"id", "question", "context", "label", "long_answer", "source", "parent_id"}`,
+plus `provenance` (source id, mode, teacher, model, prompt hash) on items a teacher generated.
 PubMedQA's CONTEXTS list becomes `context` by joining its paragraphs with a newline ("\\n"), so the
 paragraph boundaries survive. User files need only `question`, `context` (a string or a list of
 paragraphs) and `label` (also read from `answer` or `final_decision`); a missing `id` becomes
@@ -38,6 +39,7 @@ class QAItem:
     long_answer: str | None = None
     source: str = "original"  # "original" | "rewrite" | "new"
     parent_id: str | None = None  # for generated items: the training item it came from
+    provenance: dict | None = None  # for generated items: teacher, model, prompt hash (see augment.pipeline)
 
     @classmethod
     def from_dict(
@@ -69,6 +71,9 @@ class QAItem:
             item_id = f"line{line}"
         long_answer = stripped(d.get("long_answer")) or None
         parent = d.get("parent_id")
+        provenance = d.get("provenance")
+        if provenance is not None and not isinstance(provenance, dict):
+            raise InputError(f"provenance must be a JSON object, got {type(provenance).__name__}", **where)
         return cls(
             id=str(item_id).strip(),
             question=question,
@@ -77,6 +82,7 @@ class QAItem:
             long_answer=long_answer,
             source=item_source,
             parent_id=None if parent is None else str(parent),
+            provenance=provenance,
         )
 
 
@@ -128,8 +134,9 @@ def read_qa_jsonl(path: str | os.PathLike) -> list[QAItem]:
 
 
 def write_qa_jsonl(path: str | os.PathLike, items) -> None:
-    """Write items one per line, atomically."""
-    io.write_jsonl(path, (asdict(item) for item in items))
+    """Write items one per line, atomically (`provenance` only where an item has one)."""
+    rows = (asdict(item) for item in items)
+    io.write_jsonl(path, ({k: v for k, v in r.items() if k != "provenance" or v is not None} for r in rows))
 
 
 def load_qa_dir(path: str | os.PathLike) -> QASplits:
