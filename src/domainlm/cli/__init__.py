@@ -78,7 +78,10 @@ def _show_library_messages() -> None:
     """The library's own log lines (where a model came from, rows skipped, texts cut) on stderr."""
     from rich.logging import RichHandler
 
+    from domainlm import distributed
+
     logger = logging.getLogger("domainlm")
     if not logger.handlers:
         logger.addHandler(RichHandler(console=console, show_time=False, show_path=False))
-        logger.setLevel(logging.INFO)
+        # Of several processes training together the main one speaks for all; the others only warn.
+        logger.setLevel(logging.INFO if distributed.is_main_process() else logging.WARNING)

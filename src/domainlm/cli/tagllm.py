@@ -44,6 +44,7 @@ TRAIN_DEFAULTS = {
     "head_init": "zero",
     "readout": "last",
     "head_hidden": 0,
+    "mixed_precision": "auto",
 }
 
 
@@ -156,7 +157,18 @@ def train(
         ),
     ] = None,
     dtype: Annotated[str, Opt(help=shown("float32 | bfloat16 | float16", "dtype"))] = None,
-    device: Annotated[str, Opt(help="cpu, cuda, cuda:1, ... (default: model's)")] = None,
+    device: Annotated[
+        str, Opt(help="cpu, cuda, cuda:1, ... (default: model's; under accelerate launch, each process's)")
+    ] = None,
+    mixed_precision: Annotated[
+        str,
+        Opt(
+            help=shown(
+                "auto (bf16 on a GPU that has it, else fp16; none on the CPU) | no | bf16 | fp16",
+                "mixed_precision",
+            )
+        ),
+    ] = None,
     config: Annotated[Path, Opt(help="YAML file with any of these options; flags override it")] = None,
     resume: Annotated[
         bool,
