@@ -20,11 +20,14 @@ def blocks(language: str) -> list[str]:
 
 
 def commands() -> list[str]:
-    """Every `domainlm ...` line of the bash blocks, continuation lines joined, comments dropped."""
+    """Every `domainlm ...` line of the bash blocks (also as `accelerate launch ... -m domainlm ...`),
+    continuation lines joined, comments dropped."""
     out = []
     for block in blocks("bash"):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split(" #")[0].strip()
+            if line.startswith("accelerate launch ") and " -m domainlm " in line:  # the launched command
+                line = "domainlm " + line.split(" -m domainlm ", 1)[1]
             if line.startswith("domainlm "):
                 out.append(line)
     return out

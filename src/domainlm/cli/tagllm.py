@@ -280,6 +280,10 @@ def show_tags(library: Annotated[list[Path], typer.Argument(help="tag library di
 
 
 def print_metrics(result: dict, title: str) -> None:
+    from domainlm import distributed
+
+    if not distributed.is_main_process():  # several processes trained it: the main one reports
+        return
     t = Table(title=title)
     t.add_column("metric")
     t.add_column("value", justify="right")
