@@ -152,6 +152,23 @@ def test_evaluate_qa_reloads_base_and_adapter_and_repeats_the_generations(runs):
     assert again == first
 
 
+def test_evaluate_qa_scores_answers_by_likelihood_and_never_fails_to_parse(runs):
+    run = runs / "lora"
+    code, out = run_cli(
+        "evaluate-qa", "--run", run, "--split", "test", "--greedy", "--answer-scoring", "likelihood"
+    )
+    assert code == 0, out
+    metrics = json.loads((run / "eval-likelihood" / "metrics.json").read_text())
+    assert metrics["answer_scoring"] == "likelihood" and metrics["decoding"] == "likelihood"
+    assert metrics["splits"]["test"]["parse_failures"] == 0
+    rows = [json.loads(line) for line in (run / "eval-likelihood" / "predictions_test.jsonl").open()]
+    assert all(r["predicted"] == max(r["scores"], key=r["scores"].get) for r in rows)
+    parsed = json.loads((run / "metrics.json").read_text())
+    assert parsed["answer_scoring"] == "parse"  # the finetune run's own evaluation parsed the text
+    code, out = run_cli("evaluate-qa", "--run", run, "--answer-scoring", "vote")
+    assert code != 0 and "answer scoring" in out
+
+
 def test_tag_student_saves_its_tag_library(runs):
     assert (runs / "tag" / "tags" / "tags.json").is_file()
 

@@ -37,15 +37,36 @@ Greedy = Annotated[
 ]
 
 
+AnswerScoring = Annotated[
+    str,
+    typer.Option(
+        help="generative students: parse (read the label from the generated text, the paper's way; "
+        "failures fall back to maybe and are counted) or likelihood (after the generated rationale, the "
+        "label whose answer sentence is most probable; never fails)"
+    ),
+]
+
+
 def _opt(name: str, more: str = ""):
     return typer.Option(help=FIELDS[name].metadata["help"] + more)
 
 
-def _decoding(greedy: bool, num_beams: int, repetition_penalty: float, temperature: float, sample: bool):
+def _decoding(
+    greedy: bool,
+    num_beams: int,
+    repetition_penalty: float,
+    temperature: float,
+    sample: bool,
+    answer_scoring: str = "parse",
+):
     if greedy:
-        return Decoding.greedy()
+        return Decoding(num_beams=1, repetition_penalty=1.0, do_sample=False, answer_scoring=answer_scoring)
     return Decoding(
-        num_beams=num_beams, repetition_penalty=repetition_penalty, temperature=temperature, do_sample=sample
+        num_beams=num_beams,
+        repetition_penalty=repetition_penalty,
+        temperature=temperature,
+        do_sample=sample,
+        answer_scoring=answer_scoring,
     )
 
 
@@ -90,6 +111,7 @@ def finetune_command(
     temperature: Temperature = Decoding.temperature,
     sample: Sample = False,
     greedy: Greedy = False,
+    answer_scoring: AnswerScoring = "parse",
 ):
     """Fine-tune a QA student (LoRA / prefix tuning on a causal LM, or a classification student) and
     evaluate it on dev and test."""
@@ -107,7 +129,7 @@ def finetune_command(
         out,
         resume=resume,
         overwrite=overwrite,
-        decoding=_decoding(greedy, num_beams, repetition_penalty, temperature, sample),
+        decoding=_decoding(greedy, num_beams, repetition_penalty, temperature, sample, answer_scoring),
     )
     _print_report(report, out)
 
@@ -126,6 +148,7 @@ def evaluate_qa_command(
     temperature: Temperature = Decoding.temperature,
     sample: Sample = False,
     greedy: Greedy = False,
+    answer_scoring: AnswerScoring = "parse",
 ):
     """Evaluate a student run: accuracy, macro-F1, confusion matrix and parse failures per split."""
     from domainlm.qa.students.runner import EVAL_SPLITS, evaluate_run
@@ -134,7 +157,7 @@ def evaluate_qa_command(
     unknown = [s for s in splits if s not in {"train", *EVAL_SPLITS}]
     if unknown:
         raise InputError(f"unknown split(s) {unknown}; choose from train, dev, test")
-    decoding = _decoding(greedy, num_beams, repetition_penalty, temperature, sample)
+    decoding = _decoding(greedy, num_beams, repetition_penalty, temperature, sample, answer_scoring)
     report = evaluate_run(run, splits=splits, decoding=decoding, out=out)
     _print_report(report, out or run)
 

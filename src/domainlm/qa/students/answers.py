@@ -14,6 +14,7 @@ FALLBACK_LABEL = "maybe"  # the paper's choice when the phrase is missing
 # may sit in quotes or after a colon, and must be a whole word ("no" in "nothing" does not count).
 _PHRASE = r"\s+".join(map(re.escape, ANSWER_PHRASE.split()))
 _ANSWER = re.compile(rf"{_PHRASE}[\s:\"'*]*({'|'.join(LABELS)})\b", re.IGNORECASE)
+_PHRASE_ONLY = re.compile(_PHRASE, re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -32,3 +33,9 @@ def parse_answer(text: str) -> ParsedAnswer:
     if not matches:
         return ParsedAnswer(FALLBACK_LABEL, False)
     return ParsedAnswer(matches[-1].lower(), True)
+
+
+def rationale(text: str) -> str:
+    """What a student wrote before its answer sentence (all of it when the sentence is missing)."""
+    match = _PHRASE_ONLY.search(text or "")
+    return (text[: match.start()] if match else text or "").strip()

@@ -101,16 +101,23 @@ class StudentConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+ANSWER_SCORING = ("parse", "likelihood")
+
+
 @dataclass(frozen=True)
 class Decoding:
-    """How a generative student writes its answer. The paper: beam search 5, repetition penalty 2.0,
-    temperature 0.8. Temperature only acts when sampling; transformers' repetition penalty also counts the
-    prompt's tokens, so it works against repeating words of the question in the answer sentence."""
+    """How a generative student answers. The paper: beam search 5, repetition penalty 2.0, temperature 0.8,
+    and the label parsed from the generated text (`answer_scoring="parse"`). Temperature only acts when
+    sampling; transformers' repetition penalty also counts the prompt's tokens, so it works against repeating
+    words of the question in the answer sentence. `answer_scoring="likelihood"`: after the generated text's
+    rationale, the label whose answer sentence is most probable wins (`likelihood.py`), so no answer fails
+    to parse."""
 
     num_beams: int = 5
     repetition_penalty: float = 2.0
     temperature: float = 0.8
     do_sample: bool = False
+    answer_scoring: str = "parse"  # parse | likelihood
 
     @classmethod
     def greedy(cls) -> Decoding:
@@ -119,9 +126,15 @@ class Decoding:
     def __post_init__(self):
         if self.num_beams < 1 or self.repetition_penalty <= 0 or self.temperature <= 0:
             raise InputError(f"invalid decoding settings: {self}")
+        if self.answer_scoring not in ANSWER_SCORING:
+            raise InputError(
+                f"answer scoring must be one of {list(ANSWER_SCORING)}, got {self.answer_scoring!r}"
+            )
 
     @property
     def name(self) -> str:
+        if self.answer_scoring == "likelihood":
+            return "likelihood"
         if self.num_beams == 1 and self.repetition_penalty == 1.0 and not self.do_sample:
             return "greedy"
         sampled = f"-sample-t{self.temperature:g}" if self.do_sample else ""
@@ -130,6 +143,7 @@ class Decoding:
     def generate_kwargs(self) -> dict:
         """Arguments of `generate`: every setting, the temperature only when sampling (where it acts)."""
         kw = asdict(self)
+        del kw["answer_scoring"]
         if not self.do_sample:
             del kw["temperature"]
         return kw

@@ -9,8 +9,9 @@ import torch
 
 from domainlm import backbone
 from domainlm.batching import pad_batch
-from domainlm.qa.students.answers import answer_sentence, parse_answer
+from domainlm.qa.students.answers import answer_sentence, parse_answer, rationale
 from domainlm.qa.students.config import Decoding
+from domainlm.qa.students.likelihood import best_label, label_log_likelihoods
 from domainlm.qa.students.prompt_fit import fit_prompt
 from domainlm.qa.students.student import EncodedItem, Prediction, Student, register_method
 
@@ -82,6 +83,13 @@ class GenerativeStudent(Student):
         return texts
 
     def predict(self, items, decoding: Decoding | None = None) -> list[Prediction]:
+        if decoding is not None and decoding.answer_scoring == "likelihood":
+            texts = self.generate(items, decoding)
+            scores = label_log_likelihoods(self, items, [rationale(text) for text in texts])
+            return [
+                Prediction(item.id, item.label, best_label(s), True, text, scores=s)
+                for item, text, s in zip(items, texts, scores, strict=True)
+            ]
         predictions = []
         for item, text in zip(items, self.generate(items, decoding), strict=True):
             parsed = parse_answer(text)

@@ -151,6 +151,8 @@ def evaluate(student, data: QASplits, decoding: Decoding | None, splits=EVAL_SPL
         "method": student.config.method,
         "model": student.config.model,
         "decoding": decoding.name if student.kind == "generative" and decoding else None,
+        # parse: labels read from generated text (parse failures counted); likelihood: never fails
+        "answer_scoring": (decoding or Decoding()).answer_scoring if student.kind == "generative" else None,
         "splits": {split: score(p) for split, p in predictions.items()},
         "majority": {split: majority_baseline(data.train, getattr(data, split)) for split in splits},
     }

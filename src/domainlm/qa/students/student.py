@@ -47,6 +47,7 @@ class Prediction:
     predicted: str
     matched: bool = True  # generative students: False when the answer phrase was not found (a parse failure)
     text: str | None = None  # generative students: what the model wrote
+    scores: dict | None = None  # likelihood scoring: log P(answer sentence | prompt) per label
 
 
 class Student:
