@@ -123,3 +123,79 @@ def test_a_two_process_checkpoint_is_refused_by_one_process(runs, tmp_path):
     shutil.copy(runs["root"] / "cut-checkpoint.pt", tmp_path / "run" / "checkpoint.pt")
     with pytest.raises(DomainLMError, match="written by 2 process.*--num_processes 2"):
         train(tmp_path / "run", grad_accum=1, resume=True)
+
+
+# ---- in-process: mixed precision, older checkpoints, a launcher's forwarded Ctrl-C ------------------------
+
+
+def line_fit(**settings):
+    from torch import nn
+
+    from domainlm.training import LoopSettings, TrainableMethod, fit
+
+    class Line(TrainableMethod):
+        def __init__(self):
+            torch.manual_seed(0)
+            self.module, self.n_examples = nn.Linear(4, 1), 8
+
+        def loss(self, batch):
+            x = torch.arange(len(batch) * 4, dtype=torch.float32).reshape(len(batch), 4) / 10
+            out = self.module(x)
+            self.dtype = out.dtype
+            return ((out - 1) ** 2).mean().float()
+
+        def tokens(self, batch):
+            return len(batch)
+
+    method = Line()
+    lines: list[str] = []
+    loop = LoopSettings(**{"epochs": 1, "lr": 0.01, "batch_size": 2, **settings})
+    result = fit(method, loop, log=lines.append)
+    return method, result, lines
+
+
+def test_mixed_precision_auto_keeps_the_cpu_in_float32_and_bf16_runs_there_when_asked():
+    method, _, lines = line_fit()
+    assert method.dtype == torch.float32 and "mixed precision" not in lines[0]
+    method, result, lines = line_fit(mixed_precision="bf16")
+    assert method.dtype == torch.bfloat16 and "mixed precision bf16" in lines[0]
+    assert all(p.dtype == torch.float32 for p in method.module.parameters())  # the weights stay float32
+    assert result.steps == 4 and all(h["train_loss"] is not None for h in result.history)
+
+
+def test_fp16_on_the_cpu_and_unknown_precisions_are_refused_in_words():
+    with pytest.raises(DomainLMError, match="fp16 needs a CUDA device"):
+        line_fit(mixed_precision="fp16")
+    with pytest.raises(DomainLMError, match="mixed_precision must be one of auto, no, bf16, fp16"):
+        line_fit(mixed_precision="fp8")
+
+
+def test_a_checkpoint_older_than_the_mixed_precision_setting_resumes(tmp_path):
+    from domainlm.training import LoopSettings, fit
+
+    method, _, _ = line_fit()
+    checkpoint = tmp_path / "checkpoint.pt"
+    loop = LoopSettings(epochs=1, lr=0.01, batch_size=2)
+    fit(method, loop, checkpoint=checkpoint, log=lambda _: None)
+    state = torch.load(checkpoint, weights_only=True)
+    del state["settings"]["mixed_precision"], state["processes"]  # as an earlier domainlm wrote it
+    torch.save(state, checkpoint)
+    lines: list[str] = []
+    fit(method, loop, checkpoint=checkpoint, resume=True, log=lines.append)
+    assert any("resumed from" in m and "after step 4 of 4" in m for m in lines)
+
+
+def test_under_a_launcher_a_forwarded_ctrl_c_is_the_same_request(monkeypatch):
+    import signal
+
+    from domainlm.interrupts import deferred_interrupts
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; no process group is needed here
+    with deferred_interrupts() as stop:
+        os.kill(os.getpid(), signal.SIGINT)  # the terminal's
+        os.kill(os.getpid(), signal.SIGINT)  # the launcher's, passed on
+    assert stop.signal == "SIGINT"
+    monkeypatch.delenv("WORLD_SIZE")
+    with pytest.raises(KeyboardInterrupt), deferred_interrupts():  # alone, a second Ctrl-C stops at once
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
