@@ -188,7 +188,7 @@ def test_compare_reads_augmentation_and_teacher_from_the_manifest(runs, compared
     assert lora["accuracy"] == metrics["splits"]["test"]["accuracy"]
 
 
-def test_compare_adds_majority_baselines_and_published_results(compared):
+def test_compare_adds_majority_baselines_published_results_and_a_plot(runs, compared):
     rows, table = compared
     baselines = {r["data"]: r["accuracy"] for r in rows if r["kind"] == "baseline"}
     assert baselines == {"qa": pytest.approx(1 / 3), "official test": pytest.approx(1 / 3)}
@@ -196,6 +196,7 @@ def test_compare_adds_majority_baselines_and_published_results(compared):
     assert gpt4["accuracy"] == 0.744 and gpt4["data"] == "official test"
     assert "| ours | bert | seqcls-lora | rewrite | teacher-7b | official test | - |" in table
     assert "| published | GPT-4 5-shot | - | - | - | official test | - | 0.744 |" in table
+    assert (runs.parent / "table" / "compare.png").stat().st_size > 1000  # the plot beside the table
 
 
 def test_lora_run_keeps_and_reports_its_lowest_dev_loss_state(runs):

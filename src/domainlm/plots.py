@@ -102,3 +102,22 @@ def grouped_bars(groups: dict[str, dict[str, float]], path: str | Path, ylabel: 
     ax.set_title(title)
     ax.legend(fontsize=7)
     _save(fig, path)
+
+
+def labelled_bars(rows: list[tuple[str, dict[str, float | None]]], path: str | Path, title: str = "") -> None:
+    """Horizontal bars, one group per row (top to bottom in the given order), one bar per metric; a
+    missing value leaves its bar out."""
+    import numpy as np
+
+    metrics = list(dict.fromkeys(m for _, values in rows for m in values))
+    height = 0.8 / max(1, len(metrics))
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.45 * len(rows) * max(1, len(metrics)) + 1)))
+    ys = np.arange(len(rows))[::-1]
+    for i, metric in enumerate(metrics):
+        values = [np.nan if v.get(metric) is None else v[metric] for _, v in rows]
+        ax.barh(ys - i * height, values, height, label=metric)
+    ax.set_yticks(ys - height * (len(metrics) - 1) / 2, [label for label, _ in rows], fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower right")
+    _save(fig, path)

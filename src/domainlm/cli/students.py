@@ -167,7 +167,9 @@ def compare_command(
     runs: Annotated[
         list[str], typer.Option("--runs", help="student run directories, globs, or folders of runs")
     ],
-    out: Annotated[Path, typer.Option("--out", help="directory for compare.md and compare.json")],
+    out: Annotated[
+        Path, typer.Option("--out", help="directory for compare.md, compare.json and compare.png")
+    ],
 ):
     """One table of students x augmentation modes x methods, with the majority class and published figures."""
     from domainlm.qa.students.compare import compare_runs
@@ -181,7 +183,8 @@ def compare_command(
                 *(f"{r[c]:.3f}" if r[c] is not None else "-" for c in ("accuracy", "macro_f1")),
             )
     out_console.print(table)
-    out_console.print(f"written (with the published figures): {out / 'compare.md'}, {out / 'compare.json'}")
+    written = ", ".join(str(out / name) for name in ("compare.md", "compare.json", "compare.png"))
+    out_console.print(f"written (with the published figures): {written}")
 
 
 def _print_report(report: dict, where: Path) -> None:

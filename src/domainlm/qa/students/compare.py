@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from domainlm import io
+from domainlm import io, plots
 from domainlm.errors import InputError
 from domainlm.qa.students.anchors import PUBLISHED, SOURCE
 
@@ -86,8 +86,8 @@ def _student_name(model: str) -> str:
 
 
 def compare_runs(patterns: list[str], out: str | Path) -> list[dict]:
-    """Write compare.json and compare.md into `out`; returns the rows (ours, majority baselines,
-    published)."""
+    """Write compare.json, compare.md and compare.png (test accuracy and macro-F1 bars) into `out`; returns
+    the rows (ours, majority baselines, published)."""
     runs = find_runs(patterns)
     ours = [row for row in map(run_row, runs) if row is not None]
     if not ours:
@@ -118,7 +118,27 @@ def compare_runs(patterns: list[str], out: str | Path) -> list[dict]:
     out = Path(out)
     io.write_json(out / "compare.json", {"rows": rows, "published_source": SOURCE})
     io.write_text(out / "compare.md", markdown(rows))
+    plot(rows, out / "compare.png")
     return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Our students beside the majority class and the published figures, on the same 0..1 axis."""
+    bars = [
+        (row_label(r), {"accuracy": r["accuracy"], "macro-F1": r["macro_f1"]})
+        for r in rows
+        if r["accuracy"] is not None
+    ]
+    plots.labelled_bars(bars, path, title="PubMedQA test: accuracy and macro-F1")
+
+
+def row_label(row: dict) -> str:
+    if row["kind"] == "ours":
+        parts = [row["student"], row["method"], f"aug {row['augmentation']}", row["data"]]
+        if row.get("decoding") == "likelihood":
+            parts.append("likelihood")
+        return " / ".join(str(p) for p in parts)
+    return f"{row['kind']}: {row['student']} / {row['data']}"
 
 
 def _aug_rank(name: str) -> int:
