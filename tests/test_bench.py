@@ -164,7 +164,9 @@ def test_tag_options_are_the_tag_rows_own_settings(setup, monkeypatch, tmp_path)
     out = tmp_path / "results"
     run_bench(settings(setup, methods=("mean",)), out, log=lambda _: None)
     tuned = {"lr": 3e-3, "head_init": "standardized", "readout": "mean", "evals_per_epoch": 1}
-    rows = run_bench(settings(setup, methods=("tags",), tag_options=tuned), out, resume=True, log=print)
+    # tag-only settings (frozen domain tags, options) do not bind the rows of other methods
+    tag_row = settings(setup, methods=("tags",), tag_options=tuned, train_domain_tags=False, isolate=True)
+    rows = run_bench(tag_row, out, resume=True, log=print)
     by_method = {r["method"]: r for r in rows}
     assert set(by_method) == {"mean", "tags"} and by_method["tags"]["lr"] == 3e-3
     record = json.loads((out / "qed.json").read_text())

@@ -30,6 +30,8 @@ CLASSICAL_METHODS = ("mean", "nearest_neighbour", "random_forest", "gradient_boo
 PEFT_METHODS = ("linear_probe", "prompt_tuning", "lora")
 TAG_METHOD = "tags"
 ALL_METHODS = (*CLASSICAL_METHODS, *PEFT_METHODS, TAG_METHOD)
+# Settings only the tag row reads: other rows neither record nor compare them.
+TAG_ONLY_SETTINGS = {"tag_options", "tags", "train_domain_tags", "isolate", "cache_dtype"}
 PER_BENCH_KEYS = {"settings", "published_anchors"}  # the same in every row: the table states them once
 
 
@@ -99,7 +101,7 @@ class BenchSettings:
         # reuse and the cache budget change speed, never results (reuse is exact: tests/test_reuse.py)
         skip = {"methods", "folds", "data_dir", "device", "reuse", "cache_budget_gb"}
         if method is not None and method != TAG_METHOD:
-            skip.add("tag_options")
+            skip |= TAG_ONLY_SETTINGS
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
