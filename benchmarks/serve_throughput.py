@@ -152,15 +152,16 @@ def markdown(report: dict) -> str:
         f"Machine: {report['machine']}. Greedy requests, max_tokens {report['max_tokens']}, batch window "
         f"{report['batch_window_ms']} ms, max batch size {report['max_batch_size']}.",
         "",
-        "| concurrency | requests | completion tokens | wall s | served tokens/s | speed-up vs 1 "
-        "| pure generate tokens/s at that batch size | speed-up vs batch 1 | served / pure |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| concurrency | requests | generate calls | completion tokens | wall s | served tokens/s "
+        "| speed-up vs 1 | pure generate tokens/s at that batch size | speed-up vs batch 1 | served / pure |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["served"]:
         p = pure.get(row["concurrency"])
         ceiling = p["tokens_per_s"] if p else None
         lines.append(
-            f"| {row['concurrency']} | {row['requests']} | {row['completion_tokens']} | {row['wall_s']} | "
+            f"| {row['concurrency']} | {row['requests']} | {row.get('generate_calls', '-')} | "
+            f"{row['completion_tokens']} | {row['wall_s']} | "
             f"{row['tokens_per_s']} | {row['tokens_per_s'] / base_served:.2f}x | {ceiling or '-'} | "
             + (
                 f"{ceiling / base_pure:.2f}x | {row['tokens_per_s'] / ceiling:.2f} |"
@@ -199,7 +200,11 @@ def main() -> None:
     with server_process(args, env) as url:
         asyncio.run(load(url, 1, 1, 4, offset=10_000))  # warm-up
         for k, level in enumerate(args.concurrency):
+            before = httpx.get(f"{url[: -len('/v1')]}/stats").json()
             row = asyncio.run(load(url, level, max(level, args.requests), args.max_tokens, offset=100 * k))
+            after = httpx.get(f"{url[: -len('/v1')]}/stats").json()
+            row["generate_calls"] = after["generate_calls"] - before["generate_calls"]
+            row["requests_per_call"] = round(row["requests"] / max(1, row["generate_calls"]), 2)
             print(row, flush=True)
             served.append(row)
     pure = pure_generate(args)

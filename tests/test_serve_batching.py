@@ -80,7 +80,13 @@ def test_concurrent_http_requests_share_one_generate_call(chat_model):
         async with httpx.AsyncClient(transport=transport, base_url="http://serve") as client:
             return await asyncio.gather(*(client.post("/v1/chat/completions", json=b) for b in bodies))
 
+    async def stats():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://serve") as client:
+            return (await client.get("/stats")).json()
+
     responses = asyncio.run(ask_all())
+    assert asyncio.run(stats()) == {"generate_calls": 1, "requests_per_call": {"3": 1}, "queue_peak": 3}
     app.state.batcher.close()
     assert [r.status_code for r in responses] == [200, 200, 200]
     assert app.state.batcher.calls == 1 and app.state.batcher.sizes == {3: 1}

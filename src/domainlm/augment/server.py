@@ -1,11 +1,12 @@
 """`domainlm serve`: a local Hugging Face causal LM behind an OpenAI-compatible HTTP API.
 
 Endpoints: POST /v1/chat/completions (non-streaming; honours max_tokens, temperature, top_p, n, seed and
-returns token usage) and GET /v1/models. With an API key set, every request needs
-`Authorization: Bearer <key>`. Errors use OpenAI's `{"error": {...}}` body so clients report them well.
-Limits (`server_limits.ServeLimits`) are checked before any generation; a full queue answers 429 with
-`Retry-After`, which the openai client honours when it retries. Requests that arrive together are generated
-together (`batcher.Batcher`: a few milliseconds' window, one left-padded `generate` per batch).
+returns token usage), GET /v1/models, and GET /stats (how requests were batched). With an API key set,
+every request needs `Authorization: Bearer <key>`. Errors use OpenAI's `{"error": {...}}` body so clients
+report them well. Limits (`server_limits.ServeLimits`) are checked before any generation; a full queue
+answers 429 with `Retry-After`, which the openai client honours when it retries. Requests that arrive
+together are generated together (`batcher.Batcher`: a few milliseconds' window, one left-padded
+`generate` per batch).
 """
 
 from __future__ import annotations
@@ -155,6 +156,15 @@ def create_app(
         return {
             "object": "list",
             "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "domainlm"}],
+        }
+
+    @app.get("/stats", dependencies=[Depends(authorise)])
+    def stats():
+        """How requests were batched (not part of the OpenAI API): generate calls, requests per call."""
+        return {
+            "generate_calls": batcher.calls,
+            "requests_per_call": {str(k): v for k, v in sorted(batcher.sizes.items())},
+            "queue_peak": queue.peak,
         }
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorise)])
