@@ -153,23 +153,25 @@ def _status_error(e, url: str, model: str) -> Exception:
 
 
 class HFTeacher:
-    """A local causal LM (`--teacher hf:PATH`), so augmentation runs with no server and no network."""
+    """A local causal LM (`--teacher hf:PATH`), so augmentation runs with no server and no network. Requests
+    in flight together (`--concurrency`) are batched as `domainlm serve` batches them."""
 
     def __init__(self, path: str, device: str | None = None):
+        from domainlm.augment.batcher import Batcher
         from domainlm.augment.local_model import LocalChatModel
 
         self._model = LocalChatModel(path, device=device)
+        self._batcher = Batcher(self._model)  # a daemon thread, idle between runs
         self.name = f"hf:{self._model.name}"
 
     async def complete(self, messages, *, model, temperature, max_tokens, seed) -> Reply:
         from domainlm.augment.local_model import PromptTooLong
 
         try:
-            result = await asyncio.to_thread(
-                self._model.generate, messages, max_tokens=max_tokens, temperature=temperature, seed=seed
-            )
+            prompt = await asyncio.to_thread(self._model.encode, messages, max_tokens)
         except PromptTooLong as e:
             raise RequestFailed(str(e)) from None
+        result = await self._batcher.generate(prompt, temperature=temperature, seed=seed)
         return Reply(result.texts[0], result.prompt_tokens, result.completion_tokens)
 
     async def close(self) -> None:
