@@ -273,3 +273,10 @@ def test_anchor_comparison_needs_every_reported_metric():
         {"method": "c", "fold": "test", "test_mse": None, "test_ci": 0.95},
     ]
     assert Bench.beats(rows, anchors) == {"a/test": ["DeepDTA (Davis)"]}
+
+
+def test_key_value_options_read_numbers_as_numbers():
+    from domainlm.cli.options import parse_key_values
+
+    got = parse_key_values(["lr=1e-3", "epochs=4", "head_init=probe", "max_chars=none", "x=nan"], "--tag-option")
+    assert got == {"lr": 1e-3, "epochs": 4, "head_init": "probe", "max_chars": None, "x": "nan"}

@@ -153,7 +153,9 @@ class Bench:
                 "them and run the rest, or --overwrite to start again"
             )
         for row in rows.values():
-            had, want = row["settings"], _jsonable(self.settings.comparable(row["method"]))
+            want = _jsonable(self.settings.comparable(row["method"]))
+            tag_row = row["method"] == TAG_METHOD
+            had = {k: v for k, v in row["settings"].items() if tag_row or k not in TAG_ONLY_SETTINGS}
             differ = [
                 f"{k}: {had.get(k)!r} -> {want.get(k)!r}"
                 for k in sorted(set(want) | set(had))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -88,5 +89,18 @@ def parse_key_values(items: list[str] | None, what: str) -> dict[str, Any]:
         if "=" not in item:
             raise DomainLMError(f"{what} must look like key=value, got {item!r}")
         key, value = item.split("=", 1)
-        out[key.strip().replace("-", "_")] = yaml.safe_load(value) if value.lower() != "none" else None
+        out[key.strip().replace("-", "_")] = _scalar(value)
     return out
+
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _scalar(text: str) -> Any:
+    """A YAML scalar, except that `1e-3` is a number (YAML 1.1 wants `1.0e-3`) and `none` is None."""
+    if text.lower() == "none":
+        return None
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        return float(value)
+    return value
