@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from domainlm import io, plots
+from domainlm import distributed, io, plots
 from domainlm.errors import DomainLMError
 from domainlm.metrics import is_better
 from domainlm.runs import RunDirectory
@@ -119,6 +119,8 @@ class Bench:
 
     # ---- bookkeeping -----------------------------------------------------------------------------------
     def log(self, message: str) -> None:
+        if not distributed.is_main_process():  # under several processes only the main one reports and writes
+            return
         self._print(message)
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.dir / "bench.log", "a", encoding="utf-8") as f:
@@ -169,6 +171,8 @@ class Bench:
         return rows
 
     def save_row(self, row: dict) -> None:
+        if not distributed.is_main_process():
+            return
         io.write_json(self.rows_dir / f"{row['method']}__{row['fold']}.json", row)
         self.write_tables()
 
@@ -206,6 +210,8 @@ class Bench:
         started = time.perf_counter()
         result = self.run_method(method, fold, data)
         row = self.make_row(method, fold, data, result, time.perf_counter() - started)
+        if not distributed.is_main_process():
+            return row
         self.plot(row, result)
         if result.get("history"):  # peft methods; the tag method writes its own run folder
             run_dir = self.dir / "runs" / f"{method}__{fold}"
@@ -391,7 +397,7 @@ class Bench:
 
     def write_tables(self) -> None:
         rows = self.rows()
-        if not rows:
+        if not rows or not distributed.is_main_process():
             return
         multi = len({r["fold"] for r in rows}) > 1
         record = {

@@ -434,8 +434,9 @@ def frozen_features(
         batch = pad_ids([ids[i] for i in idx], backbone.tokenizer.pad_token_id, device=device)
         hidden = backbone.model(**batch).last_hidden_state
         out[idx] = pool(hidden, batch["attention_mask"], backbone.causal).float().cpu().numpy()
-    with io.atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, out)
+    if distributed.is_main_process():  # one writer for the shared cache
+        with io.atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, out)
     return out
 
 
