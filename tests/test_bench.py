@@ -278,5 +278,6 @@ def test_anchor_comparison_needs_every_reported_metric():
 def test_key_value_options_read_numbers_as_numbers():
     from domainlm.cli.options import parse_key_values
 
-    got = parse_key_values(["lr=1e-3", "epochs=4", "head_init=probe", "max_chars=none", "x=nan"], "--tag-option")
+    items = ["lr=1e-3", "epochs=4", "head_init=probe", "max_chars=none", "x=nan"]
+    got = parse_key_values(items, "--tag-option")
     assert got == {"lr": 1e-3, "epochs": 4, "head_init": "probe", "max_chars": None, "x": "nan"}
