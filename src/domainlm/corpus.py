@@ -1,10 +1,12 @@
-"""Unlabelled corpora for stage 1: plain text (one item a line), a JSON object id -> text, or a CSV/JSONL
-column."""
+"""Unlabelled corpora for stage 1: plain text (one item a line), a JSON object id -> text, a CSV/JSONL
+column, or one language's side of a folder of Tatoeba pairs (`--corpus DIR --language FR`). Empty lines
+are skipped and counted."""
 
 from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,23 +24,48 @@ class CorpusSource:
     char_level: bool = False  # the tag's data is read one character a token
     val_fraction: float = 0.05
     limit: int | None = None  # use only the first N texts
+    language: str | None = None  # a Tatoeba folder as `path`: read this language's side (FR or fra)
 
     def __post_init__(self):
         self.path = None if self.path is None else str(self.path)  # as YAML reads it back
+        if self.language and not self.tag:  # <FR> for French (fr, fra), unless named otherwise
+            from domainlm.tasks.translation import LANGUAGES, language
+
+            known = {lang.tag for lang in LANGUAGES.values()} | {lang.code for lang in LANGUAGES.values()}
+            name = self.language
+            self.tag = language(name).tag if name.upper() in known or name.lower() in known else name.upper()
 
     def read(self) -> list[str]:
+        return self.read_counted()[0]
+
+    def read_counted(self) -> tuple[list[str], Counter]:
+        """The texts, and how many lines were skipped and why (empty, duplicate)."""
         if not self.path or not self.tag:
             raise DomainLMError(
                 "stage domain needs --corpus (unlabelled text) and --tag (the domain tag name)"
             )
-        texts = read_corpus(self.path, self.text_column)
-        return texts[: self.limit] if self.limit else texts
+        skipped: Counter = Counter()
+        if self.language:
+            from domainlm.tasks.translation import read_monolingual, tatoeba_dir
+
+            texts = read_monolingual(tatoeba_dir(self.path), self.language, skipped)
+        else:
+            texts = read_corpus(self.path, self.text_column, skipped)
+        return (texts[: self.limit] if self.limit else texts), skipped
 
 
-def read_corpus(path: str | Path, text_column: str | None = None) -> list[str]:
+def read_corpus(
+    path: str | Path, text_column: str | None = None, skipped: Counter | None = None
+) -> list[str]:
+    """The corpus's texts, stripped; empty ones are left out, counted in `skipped["empty"]`."""
     path = Path(path)
     if not path.exists():
         raise InputError("file not found", source=str(path))
+    if path.is_dir():
+        raise InputError(
+            "is a folder; give a text file, or with a folder of Tatoeba pairs the language: --language FR",
+            source=str(path),
+        )
     suffix = path.suffix.lower()
     if suffix == ".json":
         try:
@@ -54,7 +81,10 @@ def read_corpus(path: str | Path, text_column: str | None = None) -> list[str]:
         texts = _column(path, text_column, suffix)
     else:
         texts = path.read_text(encoding="utf-8").splitlines()
-    texts = [t.strip() for t in texts if t and t.strip()]
+    kept = [t.strip() for t in texts if t and t.strip()]
+    if skipped is not None:
+        skipped["empty"] += len(texts) - len(kept)
+    texts = kept
     if not texts:
         raise InputError("the corpus holds no text", source=str(path))
     return texts

@@ -140,7 +140,9 @@ def compute(names, y_true, y_pred) -> dict[str, float]:
 
 
 # The one home of metric direction: everything else asks here.
-HIGHER_IS_BETTER = frozenset({"pearson", "spearman", "r2", "ci", "rm2", "accuracy", "macro_f1"})
+HIGHER_IS_BETTER = frozenset(
+    {"pearson", "spearman", "r2", "ci", "rm2", "accuracy", "macro_f1", "chrf", "bleu", "spbleu"}
+)
 LOWER_IS_BETTER = frozenset({"mse", "mae", "rmse", "loss", "lm_loss", "val_loss"})
 
 

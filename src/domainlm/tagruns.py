@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import logging
 import random
 import time
 from pathlib import Path
@@ -22,12 +23,15 @@ from domainlm.engine.head_init import initialize_head
 from domainlm.engine.inference import lm_loss, predict, readout_features
 from domainlm.engine.model import TaggedModel
 from domainlm.engine.tag_training import Split, TagMethod
-from domainlm.engine.template import Part, Template
+from domainlm.engine.template import Part, Template, prompt_of
 from domainlm.errors import DomainLMError, InputError
 from domainlm.runs import RunConfig, RunDirectory
 from domainlm.tasks.base import Example, TaskData, TaskSpec
 from domainlm.tasks.resolve import TaskSource
+from domainlm.textmetrics import translation_scores
 from domainlm.training import CHECKPOINT, TrainConfig, fit
+
+log = logging.getLogger("domainlm")
 
 
 def prepare_tags(
@@ -42,6 +46,8 @@ def prepare_tags(
     """Create the template's tags that no loaded library holds (domain tags, then the function tag + head);
     True when the function tag is new. `classes`: a classification head's class names, in index order, so
     predictions can name them."""
+    if spec.head == "generation":
+        return prepare_generative_tags(tm, template, train, config)
     for name in template.domain_tags:
         if name not in tm.specs:
             tm.add_tag(name, "domain", length=config.tag_length, char_level=name in spec.char_level_tags)
@@ -76,6 +82,35 @@ def prepare_tags(
     return True
 
 
+def prepare_generative_tags(tm: TaggedModel, template: Template, train: list[Example], config) -> bool:
+    """A generative task (translation): its rows' domain (language) tags, normally from stage-1 libraries
+    and frozen; one no library holds is created at its initial value, with a warning. The function tag has
+    no head; True when it is new."""
+    names = list(dict.fromkeys(t for ex in train for t in template.row_domain_tags(ex.fields)))
+    for name in names:
+        if name not in tm.specs:
+            log.warning(
+                "<%s> is in no tag library: created untrained (train it first: domainlm train --stage domain "
+                "--tag %s --corpus TEXT)",
+                name,
+                name,
+            )
+            tm.add_tag(name, "domain", length=config.tag_length)
+        elif tm.specs[name].kind != "domain":
+            raise InputError(f"<{name}> is a {tm.specs[name].kind} tag; the template uses it as a domain tag")
+    func = template.function_tag
+    if func in tm.specs:
+        if not tm.specs[func].generative:
+            raise InputError(f"<{func}> from the tag library has a head; a generative task needs one without")
+        return False
+    tm.add_tag(func, "function", length=config.tag_length)
+    return True
+
+
+def generation_domain_tags(template: Template, split: list[Example]) -> list[str]:
+    return list(dict.fromkeys(t for ex in split for t in template.row_domain_tags(ex.fields)))
+
+
 def start_head(tm: TaggedModel, method: TagMethod, function_tag: str, config: TrainConfig) -> dict:
     """Standardise (and with "probe", fit) the new head on the untrained tags' training read-outs."""
     split = method.split
@@ -105,18 +140,44 @@ def evaluate_split(
     batch_size: int = 32,
     description: str = "evaluating",
     cache=None,
+    decoding: dict | None = None,
 ) -> tuple[dict[str, float], np.ndarray]:
+    """Scores and predictions; a generative task's predictions are the generated texts, scored with BLEU
+    and chrF++ against its labels (the references), `decoding` holding `TaggedModel.generate` options."""
+
     def run(idx: list[int]) -> np.ndarray:
         inputs = [split.inputs[i] for i in idx]
         return predict(
             tm, inputs, isolate=isolate, batch_size=batch_size, description=description, cache=cache
         )
 
+    if spec.head == "generation":
+        return evaluate_generation(tm, split, batch_size=batch_size, decoding=decoding)
     preds = distributed.gather_rows(run, len(split))  # under several processes each predicts its shard
     if spec.head == "regression":
         return metrics.compute(spec.metrics, split.labels, preds.reshape(-1)), preds
     names = [m for m in spec.metrics if m in metrics.CLASSIFICATION_METRICS]
     return metrics.compute(names, split.labels, preds.argmax(-1)), preds
+
+
+def evaluate_generation(
+    tm: TaggedModel, split: Split, *, batch_size: int = 32, decoding: dict | None = None
+) -> tuple[dict[str, float], np.ndarray]:
+    """Generate from each input's prompt (its parts up to the function tag) and score against the labels."""
+    prompts = [prompt_of(x) for x in split.inputs]
+    spent = {"seconds": 0.0, "tokens": 0}
+
+    def run(idx: list[int]) -> np.ndarray:
+        out = tm.generate([prompts[i] for i in idx], batch_size=batch_size, details=True, **(decoding or {}))
+        spent["seconds"] += out.seconds
+        spent["tokens"] += out.n_tokens
+        return np.array(out.texts, dtype=object)
+
+    texts = distributed.gather_rows(run, len(split))
+    scores = translation_scores(list(texts), list(split.labels))
+    scores["lm_loss"] = lm_loss(tm, split.inputs, batch_size)
+    scores["gen_tokens_per_s"] = spent["tokens"] / spent["seconds"] if spent["seconds"] else 0.0
+    return scores, texts
 
 
 def train_tagged_task(
@@ -156,12 +217,14 @@ def train_tagged_task(
         template = Template(spec.template)
         new_head = prepare_tags(tm, template, spec, data.train, config, classes=data.info.get("classes"))
         splits = {name: render_split(template, exs, spec.name) for name, exs in data.splits().items()}
+        generative = spec.head == "generation"
+        domain_tags = generation_domain_tags(template, data.train) if generative else template.domain_tags
         method = TagMethod(
             tm,
             config,
             splits["train"],
             function_tag=template.function_tag,
-            domain_tags=template.domain_tags,
+            domain_tags=domain_tags,
             cache=span_cache,
         )
         # Lengths are checked before anything runs the model (with or without span reuse), naming the row.
@@ -170,7 +233,7 @@ def train_tagged_task(
         if any(touched.values()):
             run.log(f"over-long inputs ({config.overflow}): {touched}")
         head_start = {"head_init": "zero"}
-        if new_head and config.head_init != "zero":  # a head from a library keeps its trained weights
+        if new_head and config.head_init != "zero" and not generative:  # a library's head keeps its weights
             head_start = start_head(tm, method, template.function_tag, config)
             run.log(f"head start: {head_start}")
 
@@ -183,9 +246,12 @@ def train_tagged_task(
                 cache=method.cache,
                 batch_size=config.eval_batch_size,
                 description=description,
+                decoding={"max_new_tokens": config.max_new_tokens, "num_beams": config.num_beams},
             )
 
         def validate() -> dict:
+            if generative:  # the validation targets' loss: generating at every validation is slow
+                return {"lm_loss": lm_loss(tm, splits["val"].inputs, config.eval_batch_size)}
             return score("val", "validating")[0]
 
         trained = fit(
@@ -278,7 +344,10 @@ def write_predictions(path: Path, split: Split, preds: np.ndarray, spec: TaskSpe
     rows = zip(split.ids or range(len(split)), split.labels or [None] * len(split), preds)
     with io.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        if spec.head == "regression":
+        if spec.head == "generation":
+            w.writerow(["id", "reference", "prediction"])
+            w.writerows(rows)
+        elif spec.head == "regression":
             w.writerow(["id", "true", "prediction"])
             w.writerows([i, y, float(np.ravel(p)[0])] for i, y, p in rows)
         else:
@@ -299,9 +368,11 @@ def train_domain_tag(
     resume: bool = False,
     overwrite: bool = False,
     corpus: CorpusSource | None = None,
+    skipped: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Stage 1: a domain tag from unlabelled text, next-token loss on "<Tag> text" (non-tag tokens only).
-    `corpus` says where the texts came from, for the run's config.yaml."""
+    `corpus` says where the texts came from, for the run's config.yaml; `skipped` counts the lines reading
+    it left out, by reason (logged and in metrics.json)."""
     started = time.time()
     corpus = corpus or CorpusSource(tag=tag, char_level=char_level, val_fraction=val_fraction)
     run_config = RunConfig(
@@ -309,6 +380,9 @@ def train_domain_tag(
     )
     with RunDirectory(out_dir, resume=resume, overwrite=overwrite) as run:
         run.write_config(run_config.to_dict())
+        skipped = {k: v for k, v in (skipped or {}).items() if v}
+        for reason, count in skipped.items():
+            run.log(f"skipped {count} corpus lines: {reason}")
         tm = _tagged_model(model, config, tags)
         if tag not in tm.specs:
             tm.add_tag(tag, "domain", length=config.tag_length, char_level=char_level)
@@ -344,6 +418,7 @@ def train_domain_tag(
             "trainable_params": tm.num_trainable(),
             "n_train": len(train),
             "n_val": len(val),
+            "skipped": skipped,
             "train_tokens_per_s": round(trained.tokens_per_s, 1),
         }
         if len(val):

@@ -24,8 +24,9 @@ def train_run(
     backbone.resolve(config.model)  # a bad model name fails before minutes of data loading
     if config.stage == "domain":
         corpus = config.corpus or CorpusSource()
+        texts, skipped = corpus.read_counted()
         return train_domain_tag(
-            corpus.read(),
+            texts,
             corpus.tag,
             config.model,
             out_dir,
@@ -36,6 +37,7 @@ def train_run(
             resume=resume,
             overwrite=overwrite,
             corpus=corpus,
+            skipped=skipped,
         )
     source = config.task or TaskSource()
     spec, data = resolve_task(source, seed=config.train.seed)

@@ -132,13 +132,16 @@ class TrainConfig:
     dtype: str = "float32"
     device: str | None = None
     mixed_precision: str = "auto"  # see LoopSettings
+    # A generative function tag's evaluation (translation): tokens written at most, beams (1: greedy).
+    max_new_tokens: int = 64
+    num_beams: int = 1
 
     def __post_init__(self):
         if self.stage not in STAGES:
             raise DomainLMError(f"stage must be one of {STAGES}, got {self.stage!r}")
         if self.enrich and self.train_domain_tags:
             raise DomainLMError("choose --enrich (LM loss on domain tags) or --train-domain-tags, not both")
-        for name in ("eval_batch_size", "tag_length"):
+        for name in ("eval_batch_size", "tag_length", "max_new_tokens", "num_beams"):
             if getattr(self, name) < 1:
                 raise DomainLMError(f"{name} must be >= 1")
         if self.head_init not in ("zero", "standardized", "probe"):

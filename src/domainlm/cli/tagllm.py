@@ -69,7 +69,7 @@ def train(
     model: Annotated[
         str, Opt(help="Hugging Face hub id, local model directory, or 'minilm' (packaged)")
     ] = None,
-    task: Annotated[str, Opt(help="built-in preset: qed, descriptor, dta, synergy")] = None,
+    task: Annotated[str, Opt(help="built-in preset: qed, descriptor, dta, synergy, translation")] = None,
     data: Annotated[
         Path, Opt(help="user task: a CSV or JSONL file with the template's columns and a label")
     ] = None,
@@ -97,6 +97,13 @@ def train(
     ] = None,
     tag: Annotated[str, Opt(help="stage 1: the domain tag to train, e.g. SMILES")] = None,
     text_column: Annotated[str, Opt(help="stage 1: column of a CSV/JSONL corpus")] = None,
+    language: Annotated[
+        str,
+        Opt(
+            help="stage 1: with a folder of Tatoeba pairs as --corpus, the language whose side to read "
+            "(FR or fra; each sentence once); --tag defaults to its tag (FR)"
+        ),
+    ] = None,
     tags: Annotated[list[str], Opt(help="tag library to start from (repeatable; they merge)")] = None,
     prefer: Annotated[list[str], Opt(help="TAG=LIBRARY_DIR: which library wins when two disagree")] = None,
     out: Annotated[Path, Opt(help="run directory to write")] = None,

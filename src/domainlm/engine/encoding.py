@@ -26,6 +26,9 @@ class EncodedExample:
     function_tag: str | None = None
     readout: int = -1  # position of the function tag's last vector
     truncated: int = 0  # data tokens cut (overflow="truncate")
+    # A generative function tag (no head): the first position after it. The tokens from there on are the
+    # text it produces, closed by EOS, and the only ones its next-token loss covers.
+    target_start: int = -1
     windows: int = 0  # extra windows a long data span was split into (overflow="window")
 
     def positions(self, isolate: bool) -> list[int]:
@@ -95,8 +98,10 @@ class Encoder:
         tag_offsets: dict[str, int],
         placeholder_id: int,
         policy: LengthPolicy | None = None,
+        eos_id: int | None = None,
     ):
         self.policy = policy or LengthPolicy()
+        self.eos_id = eos_id
         self.tokenizer = tokenizer
         self.specs = specs
         self.offsets = tag_offsets
@@ -186,10 +191,14 @@ class Encoder:
                 elif piece[2] and spec.kind == "function":
                     ex.function_tag = name
                     ex.readout = start + spec.length - 1
+                    if spec.head is None:
+                        ex.target_start = len(ex.ids)
             else:
                 self._extend(ex, piece[1], segment)
                 if piece[0] == "data":
                     ex.truncated += piece[3]
+        if 0 <= ex.target_start < len(ex.ids) and self.eos_id is not None:
+            self._extend(ex, [self.eos_id], segment)  # a target ends: what teaches generation to stop
         self._extend(ex, self.suffix, segment)
         return ex
 

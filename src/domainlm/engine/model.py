@@ -175,7 +175,8 @@ class TaggedModel(nn.Module):
                 start += self.specs[name].length
             pad = self.tokenizer.pad_token_id
             placeholder = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
-            self._encoder = Encoder(self.tokenizer, self.specs, offsets, placeholder, self.length_policy)
+            eos = self.tokenizer.eos_token_id  # closes a generative tag's target
+            self._encoder = Encoder(self.tokenizer, self.specs, offsets, placeholder, self.length_policy, eos)
         return self._encoder
 
     def set_length_policy(self, mode: str = "error", max_span: int | None = None) -> None:
@@ -301,8 +302,11 @@ class TaggedModel(nn.Module):
                 out.lm_loss = F.cross_entropy(
                     logits[:, :-1].flatten(0, 1).float(), lm_labels[:, 1:].flatten(), ignore_index=IGNORE
                 )
-        if head is not None:
+        if head is not None and head in self.heads:
             self.apply_head(out, head, self.read_out(hidden, readout_index, head), labels)
+        elif head is not None and out.lm_loss is not None:  # a generative tag: its task loss is the target's
+            out.task_loss = out.loss = out.lm_loss
+            return out
         if out.lm_loss is not None:  # else the loss is the task loss `apply_head` set, if any
             weighted = lm_weight * out.lm_loss
             out.loss = weighted if out.task_loss is None else out.task_loss + weighted
@@ -321,6 +325,54 @@ class TaggedModel(nn.Module):
             out.task_loss = module.loss(raw, labels.to(raw.device))
             out.loss = out.task_loss
         return out
+
+    # ---- generation ---------------------------------------------------------------------------------
+    def generate(
+        self,
+        inputs,
+        *,
+        max_new_tokens: int = 64,
+        num_beams: int = 1,
+        stop_at_newline: bool = True,
+        batch_size: int = 16,
+        details: bool = False,
+    ):
+        """The text the LM head writes after each prompt (a string with <Tag> markers, or rendered parts),
+        in input order: batches left-padded, tags spliced into the input embeddings, transformers'
+        `generate` with its KV cache, greedy (`num_beams=1`) or beam search. A prompt ending in a generative
+        function tag (<Translate>) continues with that tag's target. `details=True` returns a `Generated`
+        (texts, new token ids, seconds) instead of the texts."""
+        from domainlm.engine.generation import Decoding, Generated, generate_batch
+
+        if not self.causal:
+            raise DomainLMError(f"{type(self.base).__name__} has no LM head and cannot generate text")
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        decoding = Decoding(max_new_tokens, num_beams, stop_at_newline, batch_size)
+        was_training = self.training
+        self.eval()
+        lengths = [len(self.encoder.encode(x, i).ids) for i, x in enumerate(inputs)]
+        order = sorted(range(len(inputs)), key=lambda i: lengths[i])  # similar lengths pad little
+        done: dict[int, tuple[str, list[int]]] = {}
+        total = Generated()
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            batch = self.encode([inputs[i] for i in idx], padding_side="left")
+            with torch.no_grad():
+                embeds = self.embed(batch["input_ids"].to(self.device), batch["tag_index"].to(self.device))
+            out = generate_batch(
+                self.base,
+                self.tokenizer,
+                decoding,
+                inputs_embeds=embeds,
+                attention_mask=batch["attention_mask"].to(self.device),
+            )
+            total.seconds += out.seconds
+            done.update({i: (t, ids) for i, t, ids in zip(idx, out.texts, out.token_ids)})
+        self.train(was_training)
+        total.texts = [done[i][0] for i in range(len(inputs))]
+        total.token_ids = [done[i][1] for i in range(len(inputs))]
+        return total if details else total.texts
 
     # ---- tag libraries ----------------------------------------------------------------------------------
     def fingerprint(self) -> dict:
@@ -375,8 +427,11 @@ def collate_examples(
                 "segment_ids": ex.segments,
             }
         )
-        if lm_labels:  # the next-token loss covers text, never tag slots
-            features[-1]["lm_labels"] = [t if s < 0 else IGNORE for t, s in zip(ex.ids, ex.tag_slots)]
+        if lm_labels:  # the next-token loss covers text (a generative tag's: its target), never tag slots
+            start = max(ex.target_start, 0)
+            features[-1]["lm_labels"] = [
+                t if s < 0 and i >= start else IGNORE for i, (t, s) in enumerate(zip(ex.ids, ex.tag_slots))
+            ]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batch = pad_batch(features, pad, side=padding_side)
     shift = [length - len(ex.ids) if padding_side == "left" else 0 for ex in examples]

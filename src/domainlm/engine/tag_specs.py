@@ -36,6 +36,11 @@ class TagSpec:
         if self.head is not None and self.kind != "function":
             raise DomainLMError(f"tag {self.name}: only function tags carry a head")
 
+    @property
+    def generative(self) -> bool:
+        """A function tag without a head: the LM head writes the text after it (e.g. <Translate>)."""
+        return self.kind == "function" and self.head is None
+
     def to_dict(self) -> dict:
         return asdict(self)  # the head too, as a plain dict
 

@@ -2,7 +2,8 @@
 
 * domain   (stage 1): domain tags, next-token loss on "<Domain> text" (causal LMs only);
 * function (stages 2 and 3): function tags and heads, task loss; domain tags frozen unless
-  `train_domain_tags` (joint, for encoders) or `enrich` (also the LM loss, the paper's ablation).
+  `train_domain_tags` (joint, for encoders) or `enrich` (also the LM loss, the paper's ablation). A
+  generative function tag (no head, e.g. <Translate>) has the next-token loss on the text after it.
 
 Isolated attention and span key/value reuse are decided here too (`configure`), once per run.
 """
@@ -62,6 +63,8 @@ def configure(
     if c.enrich and not tm.causal:
         raise DomainLMError("--enrich adds the next-token loss and needs a causal LM")
     tm.set_trainable(names=[function_tag] + (domain_tags if (c.train_domain_tags or c.enrich) else []))
+    if tm.specs[function_tag].generative:
+        return _generative_setup(tm, c, function_tag)
     head = tm.specs[function_tag].head
     default_isolate = head is not None and head.type == "regression" and tm.attention_hook
     isolate = default_isolate if c.isolate is None else c.isolate
@@ -71,6 +74,19 @@ def configure(
             "span reuse needs isolated attention and frozen domain tags (no --train-domain-tags/--enrich)"
         )
     return TagSetup(isolate=bool(isolate), reuse=bool(frozen_spans if c.reuse is None else c.reuse))
+
+
+def _generative_setup(tm: TaggedModel, c: TrainConfig, function_tag: str) -> TagSetup:
+    """A function tag without a head (<Translate>): its loss is the next-token loss on the text after it, and
+    generation reads the whole prompt through the model's own cache, so spans are neither isolated nor
+    reused."""
+    if not tm.causal:
+        raise DomainLMError(f"<{function_tag}> generates text and needs a causal LM with an LM head")
+    if c.enrich:
+        raise DomainLMError(f"<{function_tag}> is trained with the next-token loss already; drop --enrich")
+    if c.isolate or c.reuse:
+        raise DomainLMError(f"<{function_tag}> generates text: isolated spans and span reuse need a head")
+    return TagSetup(isolate=False, reuse=False)
 
 
 class TagMethod(TrainableMethod):
@@ -99,6 +115,7 @@ class TagMethod(TrainableMethod):
             budget = None if config.cache_budget_gb is None else int(config.cache_budget_gb * 2**30)
             dtype = DTYPES[config.cache_dtype] if config.cache_dtype else None
             self.cache = SpanCache(tm, budget_bytes=budget, dtype=dtype)
+        self.generative = function_tag is not None and tm.specs[function_tag].generative
         self.n_examples = len(train)
         self.lengths = [len(tm.encoder.encode(x, i).ids) for i, x in enumerate(train.inputs)]
 
@@ -120,9 +137,9 @@ class TagMethod(TrainableMethod):
             return reused_forward(self.tm, self.cache, inputs, labels).loss
         encoded = self.tm.encode(
             inputs,
-            labels if c.stage == "function" else None,
+            labels if c.stage == "function" and not self.generative else None,
             isolate=self.isolate,
             padding_side=c.padding_side,
-            lm_labels=c.stage == "domain" or c.enrich,
+            lm_labels=c.stage == "domain" or c.enrich or self.generative,  # a generative tag: its targets'
         )
         return self.tm(**to_device(encoded, self.tm.device), lm_weight=c.lm_weight).loss

@@ -47,6 +47,9 @@ class TaskData:
         return {"train": self.train, "val": self.val, "test": self.test}
 
 
+HEADS = ("regression", "classification", "generation")
+
+
 @dataclass
 class TaskSpec:
     """What a task is and all a preset knows about it. `loader(data_dir, spec, **options)` returns a
@@ -54,7 +57,7 @@ class TaskSpec:
 
     name: str
     template: str
-    head: str = "regression"  # "regression" | "classification"
+    head: str = "regression"  # "regression" | "classification" | "generation" (a generative function tag)
     n_classes: int | None = None
     metrics: tuple[str, ...] = ("mse", "mae", "pearson", "spearman")
     primary_metric: str = "mse"  # model selection on the validation split; lower is better for losses
@@ -73,9 +76,9 @@ class TaskSpec:
     published_anchors: tuple[tuple[str, dict[str, float]], ...] = ()
 
     def __post_init__(self):
-        if self.head not in {"regression", "classification"}:
+        if self.head not in HEADS:
             raise DomainLMError(
-                f"task {self.name}: head must be regression or classification, got {self.head!r}"
+                f"task {self.name}: head must be one of {', '.join(HEADS)}, got {self.head!r}"
             )
         if self.head == "classification" and (self.n_classes is None or self.n_classes < 2):
             raise DomainLMError(f"task {self.name}: a classification head needs n_classes >= 2")
@@ -99,7 +102,12 @@ class TaskSpec:
 
 _REGISTRY: dict[str, TaskSpec] = {}
 # Modules holding presets; imported on first lookup so `import domainlm.tasks` stays light.
-_PRESET_MODULES = ["domainlm.tasks.properties", "domainlm.tasks.dta", "domainlm.tasks.synergy"]
+_PRESET_MODULES = [
+    "domainlm.tasks.properties",
+    "domainlm.tasks.dta",
+    "domainlm.tasks.synergy",
+    "domainlm.tasks.translation",
+]
 
 
 def register_task(spec: TaskSpec) -> TaskSpec:

@@ -14,6 +14,7 @@ from domainlm.tasks.base import TaskData, TaskSpec, get_task
 METRICS_BY_HEAD = {
     "regression": ("mse", "mae", "pearson", "spearman"),
     "classification": ("accuracy", "macro_f1"),
+    "generation": ("chrf", "bleu"),
 }
 
 
