@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--overfit", type=int, default=64, help="training molecules of the overfit rows")
     ap.add_argument("--tags", action="append", default=[], help="stage-1 tag library (domain tags, frozen)")
+    ap.add_argument("--cache-dtype", choices=["bfloat16", "float16"], help="store span keys/values in 16 bits")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     tm = TaggedModel.from_pretrained(args.model)
     if args.tags:
         tm.load_tags(*args.tags)
-    cache = SpanCache(tm)
+    cache = SpanCache(tm, dtype=getattr(torch, args.cache_dtype) if args.cache_dtype else None)
     small = data.train[: args.overfit]
     overfit_data = TaskData(small, small, data.test[:0])
     function_tag = spec.template.rsplit("<", 1)[1].rstrip(">").strip()
