@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--overfit", type=int, default=64, help="training molecules of the overfit rows")
     ap.add_argument("--tags", action="append", default=[], help="stage-1 tag library (domain tags, frozen)")
-    ap.add_argument("--cache-dtype", choices=["bfloat16", "float16"], help="store span keys/values in 16 bits")
+    ap.add_argument("--cache-dtype", choices=["bfloat16", "float16"], help="span keys/values in 16 bits")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
