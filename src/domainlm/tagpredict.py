@@ -67,7 +67,10 @@ def predict_file(
             )
     head = tm.specs[tmpl.function_tag].head
     if head is None:
-        raise InputError(f"<{tmpl.function_tag}> has no head, so there is nothing to predict")
+        raise InputError(
+            f"<{tmpl.function_tag}> has no head: it generates text; use `domainlm translate` (or "
+            "TaggedModel.generate)"
+        )
     inputs, reasons = [], {}  # reasons: record index -> why it was not predicted (--skip-invalid)
     for k, rec in enumerate(records):
         try:

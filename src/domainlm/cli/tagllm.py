@@ -247,6 +247,31 @@ def predict(
 
 
 @app.command()
+def translate(
+    input: Annotated[Path, Opt(help="text file, one sentence a line (empty lines stay empty, counted)")],
+    out: Annotated[Path, Opt(help="text file to write: one translation a line")],
+    src: Annotated[str, Opt(help="source language tag, e.g. FR")],
+    tgt: Annotated[str, Opt(help="target language tag, e.g. EN")],
+    run: Annotated[Path, Opt(help="a translation run directory (gives model, tags and template)")] = None,
+    tags: Annotated[list[str], Opt(help="tag libraries (instead of, or added to, --run's)")] = None,
+    model: Annotated[str, Opt(help="base model (instead of --run)")] = None,
+    max_new_tokens: Annotated[int, Opt(help="tokens written at most per line")] = 128,
+    num_beams: Annotated[int, Opt(help="beam search width (1: greedy)")] = 1,
+    batch_size: Annotated[int, Opt(help="batch size")] = 16,
+    device: Annotated[str, Opt(help="device")] = None,
+):
+    """Translate a file line by line with language tags and a generative <Translate> tag (stop at newline)."""
+    options = dict(locals())  # translate_file's arguments, by the same names
+    from domainlm.translate import translate_file
+
+    summary = translate_file(**options)
+    console.print(
+        f"wrote {summary['n_translated']} translations to {out}"
+        + (f" ({summary['n_empty']} empty lines left empty)" if summary["n_empty"] else "")
+    )
+
+
+@app.command()
 def demo(
     data_dir: Annotated[
         Path, Opt("--data", "--data-dir", envvar="DOMAINLM_DATA", help="shared data directory")

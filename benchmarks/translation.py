@@ -1,0 +1,256 @@
+"""Translation with language tags on FLORES-200 devtest, beside the same frozen model prompted in words and
+two PEFT baselines, to show zero-shot composition (issue 14).
+
+Rows, all on one frozen base model:
+* base 0-shot / 3-shot: "Translate from French to English." then `French: ...` / `English:` lines (shots:
+  Tatoeba pairs, joined through their English side for pairs without an English side);
+* prompt tuning (peft), as many virtual tokens as a tagged prompt holds tag vectors (3 x tag length);
+* LoRA (peft; r 8, alpha 16, dropout 0.05);
+* tags: stage 1 language tags (<EN> <FR> <DE> <IT> <ES> <PT>, next-token loss on one side of the Tatoeba
+  pairs), then stage 3 <Translate> on the trained directions, language tags frozen.
+PEFT rows and <Translate> train on the same Tatoeba pairs (FLORES sentences excluded). Directions scored:
+the trained ones, IT->FR (a pair never trained) and ES->PT (languages seen only in stage 1), on a fixed
+seeded subset of FLORES devtest (`--flores-lines`; all 1,012 with 0). Scores: sacrebleu BLEU and chrF++,
+spBLEU with `--spm-model` (a local FLORES SentencePiece model; it cannot be downloaded here).
+
+    python benchmarks/translation.py --model gemma3-270m --data ../shared/data \
+        --out benchmarks/results/gemma3-270m/translation --flores-lines 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from domainlm import io
+from domainlm.baselines.peft_generation import GenerativePeft, plain_prompt
+from domainlm.corpus import CorpusSource
+from domainlm.engine.generation import Decoding
+from domainlm.engine.model import TaggedModel
+from domainlm.engine.template import Template
+from domainlm.tagruns import train_domain_tag, train_tagged_task
+from domainlm.tasks import get_task
+from domainlm.tasks.translation import (
+    LANGUAGES,
+    Language,
+    flores_dir,
+    flores_lines,
+    flores_subset,
+    pair_files,
+    parse_directions,
+    read_aligned,
+    tatoeba_dir,
+)
+from domainlm.textmetrics import SPBLEU_UNAVAILABLE, translation_scores
+from domainlm.training import TrainConfig
+
+STAGE1 = ("EN", "FR", "DE", "IT", "ES", "PT")
+TRAINED = "en-fr,fr-en,en-de,de-en,en-it,it-en"
+ZERO_SHOT = "it-fr,es-pt"
+ROWS = ("base_0shot", "base_3shot", "prompt_tuning", "lora", "tags")
+
+
+def arguments(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="a causal LM (name, directory or GGUF alias)")
+    p.add_argument("--data", required=True, help="the shared data directory")
+    p.add_argument("--out", required=True, help="folder for runs, translation.json and translation.md")
+    p.add_argument("--flores-lines", type=int, default=50, help="seeded FLORES devtest subset (0: all)")
+    p.add_argument("--stage1-sentences", type=int, default=2000, help="monolingual sentences per language")
+    p.add_argument("--train-pairs", type=int, default=3000, help="Tatoeba examples for <Translate> and PEFT")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--stage1-epochs", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=1e-3, help="tags and PEFT alike")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--tag-length", type=int, default=10)
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--num-beams", type=int, default=1)
+    p.add_argument("--gen-batch-size", type=int, default=8)
+    p.add_argument("--rows", default=",".join(ROWS), help=f"which of {', '.join(ROWS)}")
+    p.add_argument("--directions", default=f"{TRAINED},{ZERO_SHOT}", help="directions scored")
+    p.add_argument("--trained", default=TRAINED, help="directions <Translate> and the PEFT rows train on")
+    p.add_argument("--spm-model", default=None, help="a local FLORES SentencePiece model, for spBLEU")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = arguments(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    scored = parse_directions(args.directions)
+    flores = flores_dir(args.data)
+    subset = flores_subset(1012, args.flores_lines or None, args.seed)
+    test = {lang: [flores_lines(flores, lang)[i] for i in subset] for lang in {x for d in scored for x in d}}
+    decoding = Decoding(args.max_new_tokens, args.num_beams, True, args.gen_batch_size)
+    spm = args.spm_model if args.spm_model and Path(args.spm_model).is_file() else None
+    notes = [] if spm else [SPBLEU_UNAVAILABLE]
+    tm = TaggedModel.from_pretrained(args.model)
+    config = TrainConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        tag_length=args.tag_length,
+        seed=args.seed,
+        evals_per_epoch=1,
+        checkpoint_every=0,
+        max_new_tokens=args.max_new_tokens,
+        num_beams=args.num_beams,
+    )
+    spec = get_task("translation")
+    data = spec.load(
+        args.data, directions=args.trained, limit_train=args.train_pairs, limit_eval=20, seed=args.seed
+    )
+    results: dict = {"rows": {}, "trainable_params": {}, "train_seconds": {}}
+
+    def score(row: str, generate) -> None:
+        results["rows"][row] = {}
+        for src, tgt in scored:
+            gen = generate(src, tgt, test[src])
+            scores = translation_scores(gen.texts, test[tgt], spm)
+            scores["gen_tokens_per_s"] = round(gen.tokens_per_s, 1)
+            results["rows"][row][f"{src.tag}-{tgt.tag}"] = scores
+            print(f"{row} {src.tag}-{tgt.tag}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+        io.write_json(out / "translation.json", {**results, "settings": vars(args)})
+
+    if "base_0shot" in rows:
+        score(
+            "base_0shot",
+            lambda s, t, lines: tm.generate(prompts(s, t, lines), details=True, **vars(decoding)),
+        )
+    if "base_3shot" in rows:
+        folder = tatoeba_dir(args.data)
+        score(
+            "base_3shot",
+            lambda s, t, lines: tm.generate(
+                prompts(s, t, lines, shots(folder, s, t, args.seed)), details=True, **vars(decoding)
+            ),
+        )
+    train_prompts = [plain_words(ex.fields) for ex in data.train]
+    train_targets = [ex.fields["target"] for ex in data.train]
+    for method in ("prompt_tuning", "lora"):
+        if method not in rows:
+            continue
+        started = time.time()
+        peft = GenerativePeft(args.model, method, num_virtual_tokens=3 * args.tag_length, seed=args.seed)
+        peft.set_pairs(train_prompts, train_targets)
+        peft.fit(config.loop())
+        results["trainable_params"][method] = peft.num_trainable()
+        results["train_seconds"][method] = round(time.time() - started, 1)
+        score(
+            method,
+            lambda s, t, lines, m=peft: m.generate(
+                [plain_prompt(s.name, t.name, x) for x in lines], decoding
+            ),
+        )
+        del peft
+    if "tags" in rows:
+        started = time.time()
+        stage1 = TrainConfig(**{**config.to_dict(), "stage": "domain", "epochs": args.stage1_epochs})
+        for tag in STAGE1:
+            corpus = CorpusSource(path=args.data, language=tag, limit=args.stage1_sentences)
+            texts, skipped = corpus.read_counted()
+            train_domain_tag(texts, tag, tm, out / "stage1" / tag, stage1, overwrite=True, skipped=skipped)
+        run = train_tagged_task(spec, data, tm, out / "translate", config, overwrite=True)
+        results["trainable_params"]["tags"] = run["trainable_params"]
+        results["trainable_params"]["tags_with_language_tags"] = sum(
+            p.numel() for p in tm.tag_vectors.values()
+        )
+        results["train_seconds"]["tags"] = round(time.time() - started, 1)
+        template = Template(spec.template)
+
+        def tagged(s: Language, t: Language, lines: list[str]):
+            parts = [template.render({"src": s.tag, "tgt": t.tag, "source": x}, prompt=True) for x in lines]
+            return tm.generate(parts, details=True, **vars(decoding))
+
+        score("tags", tagged)
+    results.update(
+        {
+            "model": args.model,
+            "flores_lines": len(subset),
+            "flores_subset": f"{len(subset)} of 1012 devtest lines, random.Random({args.seed}).sample",
+            "n_train_pairs": len(data.train),
+            "notes": notes,
+            "command": "python benchmarks/translation.py "
+            + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        }
+    )
+    io.write_json(out / "translation.json", {**results, "settings": vars(args)})
+    io.write_text(out / "translation.md", markdown(results))
+    return results
+
+
+def prompts(src: Language, tgt: Language, lines: list[str], examples=()) -> list[str]:
+    """The base model asked in words; each answer is the line after the prompt."""
+    head = f"Translate from {src.name} to {tgt.name}.\n"
+    shown = "".join(f"{src.name}: {a}\n{tgt.name}: {b}\n\n" for a, b in examples)
+    return [f"{head}{shown}{src.name}: {line}\n{tgt.name}:" for line in lines]
+
+
+def shots(folder: Path, src: Language, tgt: Language, seed: int, k: int = 3) -> list[tuple[str, str]]:
+    """k Tatoeba pairs src -> tgt; without an src-tgt file, joined on the English sentence both translate."""
+    en = LANGUAGES["EN"]
+    if en in (src, tgt):
+        other = tgt if src == en else src
+        rows = read_aligned(*pair_files(folder, en, other))
+        pairs = [(a, b) if src == en else (b, a) for _, a, b in rows]
+    else:
+        by_english = {a: b for _, a, b in read_aligned(*pair_files(folder, en, src))}
+        pairs = [
+            (by_english[a], b) for _, a, b in read_aligned(*pair_files(folder, en, tgt)) if a in by_english
+        ]
+    pairs = [p for p in pairs if 20 <= len(p[0]) <= 120]  # whole sentences, short prompts
+    return random.Random(seed).sample(pairs, min(k, len(pairs)))
+
+
+def plain_words(fields: dict) -> str:
+    return plain_prompt(LANGUAGES[fields["src"]].name, LANGUAGES[fields["tgt"]].name, fields["source"])
+
+
+def markdown(results: dict) -> str:
+    directions = list(next(iter(results["rows"].values()), {}))
+    metrics = ["chrf", "bleu"] + (
+        ["spbleu"] if any("spbleu" in d for r in results["rows"].values() for d in r.values()) else []
+    )
+    lines = [
+        f"# Translation on FLORES-200 devtest ({results['model']})",
+        "",
+        f"`{results['command']}`",
+        "",
+        f"FLORES subset: {results['flores_subset']}. <Translate>, prompt tuning and LoRA trained on "
+        f"{results['n_train_pairs']} Tatoeba examples (FLORES sentences excluded). chrF = chrF++.",
+        *[f"\n{n}" for n in results["notes"]],
+        "",
+    ]
+    for metric in metrics:
+        lines += [f"## {metric}", "", "| row | trainable | " + " | ".join(directions) + " |"]
+        lines.append("|---|---:|" + "---:|" * len(directions))
+        for row, scores in results["rows"].items():
+            trainable = results["trainable_params"].get(row, 0)
+            values = [f"{scores[d].get(metric, float('nan')):.2f}" for d in directions]
+            lines.append(f"| {row} | {trainable:,} | " + " | ".join(values) + " |")
+        lines.append("")
+    lines += ["## generation tokens/s", "", "| row | " + " | ".join(directions) + " |"]
+    lines.append("|---|" + "---:|" * len(directions))
+    for row, scores in results["rows"].items():
+        lines.append(
+            f"| {row} | " + " | ".join(f"{scores[d]['gen_tokens_per_s']:.1f}" for d in directions) + " |"
+        )
+    if "tags_with_language_tags" in results["trainable_params"]:
+        lines += [
+            "",
+            f"Tags: {results['trainable_params']['tags']:,} trainable in stage 3 (<Translate>), "
+            f"{results['trainable_params']['tags_with_language_tags']:,} with the stage-1 language tags.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
