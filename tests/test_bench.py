@@ -154,6 +154,7 @@ def test_cli(setup, monkeypatch, tmp_path):
     args += ["--out", str(tmp_path / "r"), "--methods", "mean,linear_probe", "--limit-train", "20"]
     result = invoke(*args)
     assert result.exit_code == 0, result.output
+    assert "Made by:" in (tmp_path / "r" / "qed.md").read_text()  # the command line, for rerunning it
     rows = json.loads((tmp_path / "r" / "qed.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["mean", "linear_probe"] and rows[0]["n_train"] == 20
     assert "linear_probe" in result.output

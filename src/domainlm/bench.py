@@ -106,7 +106,15 @@ class BenchSettings:
 
 
 class Bench:
-    def __init__(self, settings: BenchSettings, out: str | Path, *, log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        settings: BenchSettings,
+        out: str | Path,
+        *,
+        log: Callable[[str], None] = print,
+        command: str | None = None,
+    ):
+        """`command`: the command line that runs this bench, recorded in each row it makes."""
         from domainlm.tasks import get_task
 
         self.settings = settings
@@ -115,6 +123,7 @@ class Bench:
         self.dir = self.out / settings.task
         self.rows_dir = self.dir / "rows"
         self._print = log
+        self.command = command
         self._features = None
 
     # ---- bookkeeping -----------------------------------------------------------------------------------
@@ -339,6 +348,8 @@ class Bench:
 
     def make_row(self, method: str, fold: str, data, result: dict, seconds: float) -> dict:
         row = {"method": method, "fold": fold}
+        if self.command:
+            row["command"] = self.command
         metrics = result["metrics"]
         row.update({f"test_{m}": _number(metrics.get(f"test_{m}")) for m in self.spec.metrics})
         row.update({f"val_{m}": _number(metrics.get(f"val_{m}")) for m in self.spec.metrics})
@@ -456,6 +467,11 @@ class Bench:
                 cells += [f"{_fmt(r.get(m))} +- {_fmt(r.get(m + '_std'))}" for m in metrics]
                 cells += [_fmt(r["trainable_params"]), _fmt(r["seconds"])]
                 lines.append(_md_row(cells))
+        if s.tag_options:
+            lines += ["", f"Tag row's own settings (`--tag-option`): {s.tag_options}."]
+        commands = list(dict.fromkeys(r["command"] for r in rows if r.get("command")))
+        if commands:
+            lines += ["", "Made by:", ""] + [f"* `{c}`" for c in commands]
         if self.spec.paper_reference:
             lines += ["", f"Paper, LLaMA-7B, full data (test MSE): {self.spec.paper_reference}."]
         anchors = self.anchors(rows)
@@ -495,9 +511,9 @@ class Bench:
 
 
 def run_bench(
-    settings: BenchSettings, out: str | Path, *, resume=False, overwrite=False, log=print
+    settings: BenchSettings, out: str | Path, *, resume=False, overwrite=False, log=print, command=None
 ) -> list[dict]:
-    return Bench(settings, out, log=log).run(resume=resume, overwrite=overwrite)
+    return Bench(settings, out, log=log, command=command).run(resume=resume, overwrite=overwrite)
 
 
 def _number(value):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import shlex
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -130,7 +132,12 @@ def bench(
     settings = BenchSettings(**{f.name: given[f.name] for f in dataclasses.fields(BenchSettings)})
     err = Console(stderr=True)
     rows = run_bench(
-        settings, out, resume=resume, overwrite=overwrite, log=lambda m: err.print(m, markup=False)
+        settings,
+        out,
+        resume=resume,
+        overwrite=overwrite,
+        log=lambda m: err.print(m, markup=False),
+        command=shlex.join(["domainlm", *sys.argv[1:]]),
     )
     print_table(rows, task, out)
     _print_anchors(rows, task)
