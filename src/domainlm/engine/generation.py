@@ -91,9 +91,9 @@ def generate_batch(
     inputs_embeds: torch.Tensor | None = None,
 ) -> Generated:
     """One `generate` call over a left-padded batch given as ids or as embeddings."""
+    config = generation_config(tokenizer, decoding)  # before the clock: the first call scans the vocabulary
     started = time.perf_counter()
     kwargs = {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
-    config = generation_config(tokenizer, decoding)
     out = model.generate(**kwargs, attention_mask=attention_mask, generation_config=config)
     if inputs_embeds is None:  # decoder-only models return the prompt ids too
         out = out[:, attention_mask.shape[1] :]
