@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overfit", type=int, default=64, help="training molecules of the overfit rows")
     ap.add_argument("--tags", action="append", default=[], help="stage-1 tag library (domain tags, frozen)")
     ap.add_argument("--cache-dtype", choices=["bfloat16", "float16"], help="span keys/values in 16 bits")
+    ap.add_argument("--report-only", action="store_true", help="tabulate finished variants, train nothing")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         preset=args.task, data_dir=args.data, limit_train=args.limit_train, limit_eval=args.limit_eval
     )
     spec, data = resolve_task(source)
+    if args.report_only:
+        rows = {n: finished(out, n) for n in args.variants if finished(out, n)}
+        return report(args, spec, data, rows, None, argv)
     tm = TaggedModel.from_pretrained(args.model)
     if args.tags:
         tm.load_tags(*args.tags)
@@ -84,9 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = {}
     for name in args.variants:
         run_dir = out / "runs" / name
-        done = run_dir / "metrics.json"
-        if done.exists():
-            rows[name] = json.loads(done.read_text())
+        if finished(out, name):
+            rows[name] = finished(out, name)
             continue
         settings = {**BASE, **VARIANTS[name]}
         overfit = settings.pop("overfit", False)
@@ -108,6 +111,23 @@ def main(argv: list[str] | None = None) -> int:
         result["settings"] = {**settings, "overfit": overfit}
         rows[name] = result
         print(f"{name}: val_mse={result.get('val_mse')} test_mse={result.get('test_mse')}", flush=True)
+    return report(args, spec, data, rows, cache, argv)
+
+
+def finished(out: Path, name: str) -> dict | None:
+    """A finished variant's row: its run's metrics and the settings its name stands for."""
+    path = out / "runs" / name / "metrics.json"
+    if not path.exists():
+        return None
+    row = json.loads(path.read_text())
+    settings = {**BASE, **VARIANTS[name]}
+    row["settings"] = {**settings, "overfit": settings.pop("overfit", False)}
+    row.setdefault("sweep_seconds", row.get("seconds"))
+    return row
+
+
+def report(args, spec, data, rows: dict, cache, argv) -> int:
+    out = Path(args.out)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     report = {
         "task": spec.name,
@@ -116,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_val": len(data.val),
         "n_test": len(data.test),
         "command": command,
-        "span_cache": vars(cache.stats),
+        "span_cache": vars(cache.stats) if cache else None,
         "rows": rows,
     }
     io.write_json(out / "tag_variants.json", report)
@@ -160,7 +180,12 @@ def markdown(report: dict) -> str:
             f"{r['sweep_seconds']:.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Span store: {report['span_cache']}", "", f"Command: `{report['command']}`", ""]
+    if report["span_cache"] is None:
+        lines += ["", "Tabulated from finished runs, which were trained by this command without"]
+        lines += ["`--report-only` (in parallel processes, each given some of the `--variants`)."]
+    else:
+        lines += ["", f"Span store: {report['span_cache']}"]
+    lines += ["", f"Command: `{report['command']}`", ""]
     return "\n".join(lines)
 
 
