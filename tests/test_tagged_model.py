@@ -216,3 +216,29 @@ def test_bad_inputs_are_named():
     gpt = tagged("gpt2")
     with pytest.raises(InputError, match="positions"):
         gpt.encode(["<SMILES> " + "C" * 2000 + " <QED>"])
+
+
+def test_a_tag_starts_at_the_norm_of_the_token_vectors_the_model_sees():
+    """Gemma scales its embedding rows by sqrt(hidden) in the embedding module; tags must match that."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from domainlm.engine.model import TaggedModel
+    from tiny_models import tiny_tokenizer
+
+    config = Gemma3TextConfig(
+        vocab_size=256,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=256,
+        sliding_window=16,
+        pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    tm = TaggedModel(Gemma3ForCausalLM(config), tiny_tokenizer("llama"))
+    tm.add_tag("X")
+    seen = tm.base.get_input_embeddings()(torch.arange(256)).norm(dim=-1).mean()
+    assert float(tm.tag_vectors["X"].norm(dim=-1).mean()) == pytest.approx(float(seen), rel=1e-4)

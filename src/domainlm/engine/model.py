@@ -109,8 +109,11 @@ class TaggedModel(nn.Module):
                 hidden=head_hidden,
             )
         spec = TagSpec(name, kind, length=length, char_level=char_level, head=head_spec)
-        emb = self.base.get_input_embeddings().weight
-        self._install(spec, initial_tag(emb, length))
+        embedding = self.base.get_input_embeddings()
+        # Gemma's embedding module multiplies its rows by sqrt(hidden): a tag must start at the norm of the
+        # token vectors the model actually sees, not of the raw table.
+        scale = float(getattr(embedding, "embed_scale", 1.0))
+        self._install(spec, initial_tag(embedding.weight, length) * scale)
         return spec
 
     def remove_tag(self, name: str) -> None:
