@@ -45,6 +45,7 @@ VARIANTS = {
     "standardized-lr1e-3": dict(lr=1e-3, head_init="standardized"),
     "probe-lr1e-4": dict(lr=1e-4, head_init="probe"),
     "probe-lr1e-3": dict(lr=1e-3, head_init="probe"),
+    "probe-lr3e-5": dict(lr=3e-5, head_init="probe"),
     "probe-mean-lr1e-3": dict(lr=1e-3, head_init="probe", readout="mean"),
     "probe-p20-lr1e-3": dict(lr=1e-3, head_init="probe", tag_length=20),
     "standardized-mlp256-lr1e-3": dict(lr=1e-3, head_init="standardized", head_hidden=256),
