@@ -618,7 +618,7 @@ def _save(path: Path, settings: LoopSettings, params, optimizer, scheduler, at: 
 def _read(path: Path) -> dict:
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError:  # torch's own text would suggest weights_only=False: never
+    except pickle.UnpicklingError:  # our words: torch's message suggests loading it unsafely
         raise DomainLMError(
             f"cannot read the checkpoint {path}: it holds objects other than tensors and plain values; "
             "refused, as unpickling them could run code"

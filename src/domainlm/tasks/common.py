@@ -34,6 +34,16 @@ def resolve_dataset_dir(data_dir, subdir: str, marker: str) -> Path:
     raise InputError(f"found neither {root / marker} nor {root / subdir / marker}", source=str(root))
 
 
+def dataset_dir_with(data_dir, subdir: str, pattern: str, what: str) -> Path:
+    """The folder holding files matching `pattern`: `data_dir` itself, or `data_dir/subdir` when `data_dir`
+    is the shared data root; `what` names those files in the error."""
+    root = data_root(data_dir)
+    for candidate in (root, root / subdir):
+        if any(candidate.glob(pattern)):
+            return candidate
+    raise InputError(f"no {what} in {root} or {root / subdir}", source=str(root))
+
+
 def shuffled_split(items: list, seed: int, fractions=(0.8, 0.1, 0.1)) -> dict[str, list]:
     """`items` shuffled by `random.Random(seed)`, then cut: the first int(fractions[0] n) train, the next
     int(fractions[1] n) validation, the rest test."""

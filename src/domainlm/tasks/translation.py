@@ -20,7 +20,7 @@ from pathlib import Path
 
 from domainlm.errors import InputError
 from domainlm.tasks.base import Example, TaskData, TaskSpec, register_task
-from domainlm.tasks.common import data_root, limit_examples
+from domainlm.tasks.common import dataset_dir_with, limit_examples
 
 TEMPLATE = "Input: <{src}> {source} Output: <{tgt}> <Translate> {target}"
 DEFAULT_DIRECTIONS = "en-fr,fr-en,en-de,de-en,en-it,it-en"
@@ -110,11 +110,7 @@ def read_aligned(path_a: Path, path_b: Path, skipped: Counter | None = None) -> 
 
 def tatoeba_dir(data_dir) -> Path:
     """The Tatoeba folder: `data_dir` itself when it holds pair files, else data_dir/translation/tatoeba."""
-    root = data_root(data_dir)
-    for candidate in (root, root / TATOEBA):
-        if any(candidate.glob("*-*.*")):
-            return candidate
-    raise InputError(f"no Tatoeba pair files (xxx-yyy.xxx) in {root} or {root / TATOEBA}", source=str(root))
+    return dataset_dir_with(data_dir, TATOEBA, "*-*.*", "Tatoeba pair files (xxx-yyy.xxx)")
 
 
 def pair_files(folder: Path, a: Language, b: Language) -> tuple[Path, Path]:
@@ -172,11 +168,7 @@ def _is_known(name: str) -> bool:
 
 
 def flores_dir(data_dir) -> Path:
-    root = data_root(data_dir)
-    for candidate in (root, root / FLORES):
-        if any(candidate.glob("*.devtest")):
-            return candidate
-    raise InputError(f"no FLORES devtest files (*.devtest) in {root} or {root / FLORES}", source=str(root))
+    return dataset_dir_with(data_dir, FLORES, "*.devtest", "FLORES devtest files (*.devtest)")
 
 
 def flores_lines(folder: Path, lang: Language) -> list[str]:
