@@ -46,6 +46,10 @@ VARIANTS = {
     "probe-lr1e-4": dict(lr=1e-4, head_init="probe"),
     "probe-lr1e-3": dict(lr=1e-3, head_init="probe"),
     "probe-lr3e-5": dict(lr=3e-5, head_init="probe"),
+    # linear probing, then tuning the tag with the fitted head fixed (head_lr 0) or barely moving
+    "probe-headlr0-lr1e-4": dict(lr=1e-4, head_lr=0.0, head_init="probe", epochs=2),
+    "probe-headlr0-lr1e-3": dict(lr=1e-3, head_lr=0.0, head_init="probe", epochs=2),
+    "probe-lr1e-5": dict(lr=1e-5, head_init="probe", epochs=2),
     "probe-mean-lr1e-3": dict(lr=1e-3, head_init="probe", readout="mean"),
     "probe-p20-lr1e-3": dict(lr=1e-3, head_init="probe", tag_length=20),
     "standardized-mlp256-lr1e-3": dict(lr=1e-3, head_init="standardized", head_hidden=256),
@@ -76,9 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         preset=args.task, data_dir=args.data, limit_train=args.limit_train, limit_eval=args.limit_eval
     )
     spec, data = resolve_task(source)
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     if args.report_only:
         rows = {n: finished(out, n) for n in args.variants if finished(out, n)}
-        return report(args, spec, data, rows, None, argv)
+        return report(args, spec, data, rows, None, command)
     tm = TaggedModel.from_pretrained(args.model)
     if args.tags:
         tm.load_tags(*args.tags)
@@ -110,9 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         result.pop("predictions", None)
         result["sweep_seconds"] = round(time.perf_counter() - started, 1)
         result["settings"] = {**settings, "overfit": overfit}
+        result["command"] = command
         rows[name] = result
         print(f"{name}: val_mse={result.get('val_mse')} test_mse={result.get('test_mse')}", flush=True)
-    return report(args, spec, data, rows, cache, argv)
+        report(args, spec, data, rows, cache, command)  # after each variant: a killed sweep keeps its rows
+    return report(args, spec, data, rows, cache, command)
 
 
 def finished(out: Path, name: str) -> dict | None:
@@ -127,9 +134,23 @@ def finished(out: Path, name: str) -> dict | None:
     return row
 
 
-def report(args, spec, data, rows: dict, cache, argv) -> int:
+def earlier_rows(out: Path, spec, data, model: str) -> dict:
+    """Rows of earlier sweeps into this folder on the same task, model and split whose runs are gone (run
+    folders are not kept in git): the table keeps every variant ever tried."""
+    path = out / "tag_variants.json"
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    same = (old["task"], old["model"], old["n_train"], old["n_val"], old["n_test"])
+    if same != (spec.name, model, len(data.train), len(data.val), len(data.test)):
+        return {}
+    return {name: {"command": old["command"], **row} for name, row in old["rows"].items()}
+
+
+def report(args, spec, data, rows: dict, cache, command: str) -> int:
     out = Path(args.out)
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    rows = {**earlier_rows(out, spec, data, args.model), **rows}
+    old = json.loads((out / "tag_variants.json").read_text()) if (out / "tag_variants.json").exists() else {}
     report = {
         "task": spec.name,
         "model": args.model,
@@ -139,6 +160,7 @@ def report(args, spec, data, rows: dict, cache, argv) -> int:
         "command": command,
         "span_cache": vars(cache.stats) if cache else None,
         "rows": rows,
+        "notes": old.get("notes", []),  # written by hand: runs stopped before the end, with what they showed
     }
     io.write_json(out / "tag_variants.json", report)
     io.write_text(out / "tag_variants.md", markdown(report))
@@ -158,9 +180,9 @@ def markdown(report: dict) -> str:
         f"lowest val MSE (**{best}**) is the one to report. Overfit rows: trained on the first molecules of "
         "the training split, their val column is the fit on those same molecules.",
         "",
-        "| variant | lr | epochs | head start | read-out | head | p | val MSE | test MSE | test Pearson "
-        "| best step | trainable | s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | lr | head lr | epochs | head start | read-out | head | p | val MSE | test MSE "
+        "| test Pearson | best step | trainable | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
         s = r["settings"]
@@ -168,6 +190,7 @@ def markdown(report: dict) -> str:
         cells = [
             f"**{name}**" if name == best else name,
             f"{s['lr']:g}",
+            "lr" if s.get("head_lr") is None else f"{s['head_lr']:g}",
             f"{s['epochs']:g}",
             s.get("head_init", "zero"),
             s.get("readout", "last"),
@@ -186,7 +209,15 @@ def markdown(report: dict) -> str:
         lines += ["`--report-only` (in parallel processes, each given some of the `--variants`)."]
     else:
         lines += ["", f"Span store: {report['span_cache']}"]
-    lines += ["", f"Command: `{report['command']}`", ""]
+    if report.get("notes"):
+        lines += [
+            "",
+            "Unfinished runs (stopped early; validation MSE from their `train.log`):",
+            "",
+        ]
+        lines += [f"* {note}" for note in report["notes"]]
+    commands = dict.fromkeys(r.get("command", report["command"]) for r in rows.values())
+    lines += ["", "Made by:", ""] + [f"* `{c}`" for c in commands] + [""]
     return "\n".join(lines)
 
 

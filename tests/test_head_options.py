@@ -131,6 +131,49 @@ def test_run_with_probe_start_keeps_the_start_when_training_only_hurts(tmp_path)
     assert result["val_mse"] == pytest.approx(rows[0]["val_mse"], rel=1e-4)
 
 
+def test_head_lr_zero_keeps_the_fitted_head_while_the_tag_learns(tmp_path, monkeypatch):
+    import domainlm.tagruns as tagruns
+
+    spec = TaskSpec("toy", TEMPLATE)
+    exs = molecules(40)
+    data = TaskData(exs[:32], exs[:0], exs[32:])  # no validation: the last weights are kept, not step 0
+    tm = TaggedModel(*tiny_model("llama"))
+    config = TrainConfig(
+        epochs=1, lr=1e-2, head_lr=0.0, batch_size=8, grad_accum=1, head_init="probe", warmup_ratio=0
+    )
+    fitted = {}
+
+    def capture(*args, **kwargs):  # the head as the probe fitted it, before any step
+        info = original(*args, **kwargs)
+        fitted.update({k: v.clone() for k, v in tm.heads["Y"].state_dict().items()})
+        fitted["tag"] = tm.tag_vectors["Y"].detach().clone()
+        return info
+
+    original = tagruns.initialize_head
+    monkeypatch.setattr(tagruns, "initialize_head", capture)
+    train_tagged_task(spec, data, tm, tmp_path / "run", config)
+    for name, value in tm.heads["Y"].state_dict().items():
+        torch.testing.assert_close(value, fitted[name], rtol=0, atol=0)
+    assert not torch.equal(tm.tag_vectors["Y"].detach(), fitted["tag"])
+
+
+def test_head_lr_gives_the_heads_their_own_optimizer_group():
+    from domainlm.engine.tag_training import Split, TagMethod
+
+    tm = TaggedModel(*tiny_model("llama"))
+    tm.add_tag("SMILES", char_level=True)
+    tm.add_tag("Y", "function", head="regression")
+    inputs = [TEMPLATE.replace("{smiles}", ex.fields["smiles"]) for ex in molecules(4)]
+    method = TagMethod(
+        tm, TrainConfig(head_lr=1e-5), Split(inputs, [0.0] * 4), function_tag="Y", domain_tags=["SMILES"]
+    )
+    groups = method.parameter_groups(method.trainable_parameters())
+    assert [g.get("lr") for g in groups] == [None, 1e-5]
+    assert sum(len(g["params"]) for g in groups) == len(method.trainable_parameters())
+    with pytest.raises(DomainLMError, match="head_lr"):
+        TrainConfig(head_lr=-1.0)
+
+
 def test_library_keeps_the_standardisation_and_reads_old_heads(tmp_path):
     tm = TaggedModel(*tiny_model("llama"))
     tm.add_tag("SMILES", char_level=True)

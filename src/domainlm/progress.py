@@ -25,22 +25,43 @@ class _Bar:
         self._progress, self._task = progress, task
         self._log, self._total, self._description = log, total, description
         self._every = max(1, total // LOG_LINES)
+        self._logged = 0  # lines logged so far: the next is due once `completed` reaches the next multiple
 
     def update(self, completed: int, **fields) -> None:
         info = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
         if self._progress is not None:
             self._progress.update(self._task, completed=completed, info=info)
-        elif self._log is not None and (completed % self._every == 0 or completed >= self._total):
+        elif self._log is not None and (completed // self._every > self._logged or completed >= self._total):
+            self._logged = completed // self._every
             self._log(f"{self._description}: {completed}/{self._total} {info}".rstrip())
 
 
-def batches_by_length(lengths: list[int], batch_size: int, description: str):
-    """Batches of indices in order of length (little padding), counted on a progress bar as they finish."""
+# Padded positions a batch may hold, per row of its batch size. A long tail (a 2,000-character SMILES among
+# 60-character ones) otherwise pads a whole batch to its longest member, and attention's cost grows with the
+# square of that length: one such batch of 32 cost more than the other 15 together.
+TOKENS_PER_ROW = 256
+
+
+def batches_by_length(lengths: list[int], batch_size: int, description: str, max_tokens: int | None = None):
+    """Batches of indices in order of length (little padding), at most `batch_size` rows and `max_tokens`
+    padded positions each (default batch_size x TOKENS_PER_ROW; a longer input is a batch of its own),
+    counted on a progress bar as they finish."""
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    budget = max_tokens or batch_size * TOKENS_PER_ROW
+    batches, batch = [], []
+    for i in order:  # ascending: the newest member is the longest, so rows x its length is the padded size
+        if batch and (len(batch) == batch_size or (len(batch) + 1) * lengths[i] > budget):
+            batches.append(batch)
+            batch = []
+        batch.append(i)
+    if batch:
+        batches.append(batch)
     with progress_bar(total=len(order), description=description) as bar:
-        for s in range(0, len(order), batch_size):
-            yield order[s : s + batch_size]
-            bar.update(min(s + batch_size, len(order)))
+        done = 0
+        for batch in batches:
+            yield batch
+            done += len(batch)
+            bar.update(done)
 
 
 @contextlib.contextmanager

@@ -116,6 +116,9 @@ class TrainConfig:
     readout: str = "last"  # last | mean (over the function tag's p vectors)
     head_hidden: int = 0  # 0: linear; > 0: MLP width
     head_init: str = "zero"  # zero | standardized | probe (closed-form fit on the untrained read-outs)
+    # The heads' own AdamW rate (None: lr). After a probe start the fitted head is the sensitive part: a lower
+    # rate, or 0 (the head stays as fitted), lets the tags adapt to it without undoing the fit.
+    head_lr: float | None = None
     isolate: bool | None = None  # None: on for regression function tags, as in the reference code
     reuse: bool | None = None  # reuse span keys/values (None: whenever isolated spans are frozen)
     cache_budget_gb: float | None = None  # bound on stored span keys/values; None = no bound
@@ -146,6 +149,8 @@ class TrainConfig:
                 raise DomainLMError(f"{name} must be >= 1")
         if self.head_init not in ("zero", "standardized", "probe"):
             raise DomainLMError(f"head_init must be zero, standardized or probe, got {self.head_init!r}")
+        if self.head_lr is not None and not self.head_lr >= 0:
+            raise DomainLMError(f"head_lr must be >= 0 (or unset: lr), got {self.head_lr}")
         if self.head_init == "probe" and self.head_hidden:
             raise DomainLMError("head_init 'probe' fits a linear head; it cannot start an MLP (head_hidden)")
         self.loop()  # the loop's own checks
@@ -176,6 +181,10 @@ class TrainableMethod:
 
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in self.module.named_parameters() if p.requires_grad}
+
+    def parameter_groups(self, params: dict[str, torch.nn.Parameter]) -> list[dict]:
+        """The optimizer's parameter groups (a group's own "lr" overrides the loop's); by default one."""
+        return [{"params": list(params.values())}]
 
     def loss(self, batch: list[int]) -> torch.Tensor:
         """The mean training loss over these examples (a scalar with a gradient)."""
@@ -285,7 +294,7 @@ def fit(
     per_step = s.grad_accum * team.size  # batches an optimizer step takes, over all processes
     steps_per_epoch = math.ceil(math.ceil(method.n_examples / s.batch_size) / per_step)
     total_steps = max(1, math.ceil(steps_per_epoch * s.epochs))
-    optimizer = torch.optim.AdamW(params.values(), lr=s.lr, weight_decay=s.weight_decay)
+    optimizer = torch.optim.AdamW(method.parameter_groups(params), lr=s.lr, weight_decay=s.weight_decay)
     scheduler = get_scheduler(
         s.schedule,
         optimizer,

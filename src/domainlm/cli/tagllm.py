@@ -140,6 +140,13 @@ def train(
     head_hidden: Annotated[
         int, Opt(help=shown("0: a linear head; N: an MLP with N hidden units", "head_hidden"))
     ] = None,
+    head_lr: Annotated[
+        float,
+        Opt(
+            help="the heads' learning rate (default: --lr); with --head-init probe, a lower one or 0 (the "
+            "fitted head stays) lets the tags adapt to the fitted head"
+        ),
+    ] = None,
     isolate: IsolateOpt = None,
     reuse: ReuseOpt = None,
     cache_budget_gb: CacheBudgetOpt = None,

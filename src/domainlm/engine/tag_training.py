@@ -122,6 +122,13 @@ class TagMethod(TrainableMethod):
     def tokens(self, batch: list[int]) -> int:
         return sum(self.lengths[i] for i in batch)
 
+    def parameter_groups(self, params: dict[str, torch.nn.Parameter]) -> list[dict]:
+        if self.config.head_lr is None:
+            return super().parameter_groups(params)
+        heads = [p for n, p in params.items() if n.startswith("heads.")]
+        rest = [p for n, p in params.items() if not n.startswith("heads.")]
+        return [g for g in ({"params": rest}, {"params": heads, "lr": self.config.head_lr}) if g["params"]]
+
     def batches(self, batch_size: int, seed: int) -> list[list[int]]:
         if self.reuse and self.config.cache_budget_gb is not None:
             # A bounded store: keep examples sharing their longest span (a protein) in one batch.
