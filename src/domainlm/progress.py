@@ -4,6 +4,7 @@ so a long run is never silent and its log stays readable."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 
 from rich.progress import (
@@ -16,6 +17,8 @@ from rich.progress import (
 )
 
 from domainlm import distributed
+
+log = logging.getLogger("domainlm.progress")
 
 LOG_LINES = 20  # lines a run logs instead of a bar: one every 5% of its steps
 
@@ -56,7 +59,7 @@ def batches_by_length(lengths: list[int], batch_size: int, description: str, max
         batch.append(i)
     if batch:
         batches.append(batch)
-    with progress_bar(total=len(order), description=description) as bar:
+    with progress_bar(total=len(order), description=description, log=log.info) as bar:
         done = 0
         for batch in batches:
             yield batch
