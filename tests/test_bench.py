@@ -282,3 +282,37 @@ def test_key_value_options_read_numbers_as_numbers():
     items = ["lr=1e-3", "epochs=4", "head_init=probe", "max_chars=none", "x=nan"]
     got = parse_key_values(items, "--tag-option")
     assert got == {"lr": 1e-3, "epochs": 4, "head_init": "probe", "max_chars": None, "x": "nan"}
+
+
+def test_a_signal_stops_the_whole_bench_and_resume_continues_the_baseline(setup, rows, monkeypatch, tmp_path):
+    import os
+    import signal
+
+    from domainlm.baselines.peft_heads import HeadTraining
+    from domainlm.interrupts import TrainingInterrupted
+
+    monkeypatch.setenv("DOMAINLM_CACHE", str(setup / "cache"))
+    out, calls, original = tmp_path / "results", [], HeadTraining.loss
+
+    def terminated_at_third_batch(self, batch):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batch)
+
+    monkeypatch.setattr(HeadTraining, "loss", terminated_at_third_batch)
+    logged = []
+    config = settings(setup, methods=("prompt_tuning", "lora"))
+    with pytest.raises(TrainingInterrupted, match="after step 3"):
+        run_bench(config, out, log=logged.append)
+    assert not any("lora ..." in m for m in logged)  # the next method never started
+    checkpoint = out / "qed" / "runs" / "prompt_tuning__test" / "checkpoint.pt"
+    assert checkpoint.exists()
+
+    monkeypatch.setattr(HeadTraining, "loss", original)
+    logged.clear()
+    resumed = {r["method"]: r for r in run_bench(config, out, resume=True, log=logged.append)}
+    assert any("resumed from" in m and "after step 3" in m for m in logged)
+    assert not checkpoint.exists()  # the row holds the result
+    for method in ("prompt_tuning", "lora"):  # exactly what an uninterrupted bench gave
+        assert resumed[method]["test_mse"] == pytest.approx(rows[method]["test_mse"], rel=1e-5)

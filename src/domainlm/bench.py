@@ -22,6 +22,7 @@ from typing import Any
 
 from domainlm import distributed, io, plots
 from domainlm.errors import DomainLMError
+from domainlm.interrupts import TrainingInterrupted
 from domainlm.metrics import is_better
 from domainlm.runs import RunDirectory
 from domainlm.tasks.resolve import TaskSource, resolve_task
@@ -29,6 +30,7 @@ from domainlm.tasks.resolve import TaskSource, resolve_task
 CLASSICAL_METHODS = ("mean", "nearest_neighbour", "random_forest", "gradient_boosting")
 PEFT_METHODS = ("linear_probe", "prompt_tuning", "lora")
 TAG_METHOD = "tags"
+CHECKPOINT = "checkpoint.pt"  # a peft baseline's training state while it runs (`training.fit`'s)
 ALL_METHODS = (*CLASSICAL_METHODS, *PEFT_METHODS, TAG_METHOD)
 # Settings only the tag row reads: other rows neither record nor compare them.
 TAG_ONLY_SETTINGS = {"tag_options", "tags", "train_domain_tags", "isolate", "cache_dtype"}
@@ -204,6 +206,9 @@ class Bench:
                 self.log(f"{s.task}/{fold}: {method} ...")
                 try:
                     self.run_one(method, fold, data)
+                except TrainingInterrupted:
+                    self.write_tables()  # Ctrl-C / SIGTERM stops the bench, not just the method under way
+                    raise
                 except (DomainLMError, RuntimeError, ValueError) as e:
                     # One method's failure must not cost the others' hours; it is reported at the end.
                     failed.append(f"{method}/{fold}: {e}")
@@ -229,6 +234,9 @@ class Bench:
                 result["history"], run_dir / "training_curve.png", title=f"{self.spec.name}: {method}"
             )
         self.save_row(row)
+        (self.dir / "runs" / f"{method}__{fold}" / CHECKPOINT).unlink(
+            missing_ok=True
+        )  # the row is the result
         primary = f"test_{self.spec.primary_metric}"
         self.log(f"{self.spec.name}/{fold}: {method} {primary}={row.get(primary)} in {row['seconds']:.0f} s")
         return row
@@ -284,8 +292,19 @@ class Bench:
             n_tags = len(Template(self.spec.template).domain_tags) + 1
             cut = self.settings.max_span_tokens if self.settings.overflow == "truncate" else None
             peft = PeftSettings(num_virtual_tokens=n_tags * config.tag_length, max_span_chars=cut)
+            # A killed bench continues a half-trained baseline from its last checkpoint (the row is checked
+            # against the bench's settings, the checkpoint against the loop's).
+            checkpoint = self.dir / "runs" / f"{method}__{fold}" / CHECKPOINT
             return train_peft_baseline(
-                method, self.spec, data, self.settings.model, config, peft, log_fn=self.log
+                method,
+                self.spec,
+                data,
+                self.settings.model,
+                config,
+                peft,
+                log_fn=self.log,
+                checkpoint=checkpoint if method != "linear_probe" else None,
+                resume=checkpoint.exists(),
             )
         return self.run_tags(fold, data, config)
 

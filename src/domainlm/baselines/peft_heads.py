@@ -364,12 +364,16 @@ def train_peft_baseline(
     config,
     settings: PeftSettings | None = None,
     log_fn: Callable[[str], None] = log.info,
+    checkpoint=None,
+    resume: bool = False,
 ) -> dict:
     """Train and test one of METHODS; returns {"metrics": {"val_mse", "test_mse", ...}, "trainable_params",
     "seconds", "predictions": {"ids", "y_true", "y_pred"} (test split), "history", ...}.
 
     `model` as for `load_backbone`; `config` a `domainlm.training.TrainConfig`, whose lr is used as given
-    (`method_lr` gives the documented per-method default)."""
+    (`method_lr` gives the documented per-method default). `checkpoint`: a file the training state is saved
+    to (every `config.checkpoint_every` steps, each epoch's end and on Ctrl-C / SIGTERM) and, with
+    `resume`, continued from."""
     if method not in METHODS:
         raise DomainLMError(f"unknown peft baseline {method!r}; choose from {', '.join(METHODS)}")
     settings = settings or PeftSettings()
@@ -396,6 +400,8 @@ def train_peft_baseline(
         config.loop(),
         validate=validate if val.ids else None,
         select=task.primary_metric,
+        checkpoint=checkpoint,
+        resume=resume,
         log=log_fn,
     )
     predictions = {
