@@ -1,6 +1,12 @@
 """domainlm: turn general-purpose language models into scientific and biomedical specialists."""
 
+import warnings
+
 from domainlm.errors import DomainLMError, InputError
+
+# peft asks every model it wraps for a property transformers has renamed; the warning is peft's to fix, and
+# users of every LoRA / prompt-tuning run would otherwise read it.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 __version__ = "0.1.0"
 
