@@ -111,8 +111,8 @@ def bench(
     ] = False,
 ):
     """Run every method on one task (same split, same seed) and write a table of test metrics,
-    trainable parameters and wall time. Each finished method is saved at once and the trained ones checkpoint as
-    they go, so after Ctrl-C (which stops the whole bench) --resume continues where it stopped."""
+    trainable parameters and wall time. Each finished method is saved at once and the trained ones
+    checkpoint as they go, so after Ctrl-C (which stops the whole bench) --resume continues there."""
     from domainlm.bench import ALL_METHODS, BenchSettings, run_bench
 
     if threads:
