@@ -106,3 +106,21 @@ def test_train_with_a_cache_budget_groups_batches_by_protein(model_dir, tmp_path
 def test_train_without_a_budget_mixes_proteins_in_a_batch(model_dir, tmp_path, monkeypatch):
     counts = proteins_per_training_batch(model_dir("llama"), tmp_path, monkeypatch)
     assert len(counts) == 8 and max(counts) > 1
+
+
+def test_a_second_run_reads_its_spans_from_the_disk_store(model_dir, tmp_path):
+    rows = [(p, d, (i * 7 + j * 3) % 5, "train") for i, p in enumerate(PROTEINS) for j, d in enumerate(DRUGS)]
+    rows += [(PROTEINS[0], "O", 1.0, "val"), (PROTEINS[1], "O", 2.0, "test")]
+    data = write_csv(tmp_path / "pairs.csv", rows, ("protein", "smiles", "y", "split"))
+    template = "The protein is <Protein> {protein}. The drug is <SMILES> {smiles}. Affinity <BA>"
+    args = ["--split-column", "split", "--char-level", "Protein", "--char-level", "SMILES"]
+    args += ["--span-store", tmp_path / "spans"]
+    stats, metrics = [], []
+    for run in ("first", "second"):
+        res = train_user_task(model_dir("llama"), data, tmp_path / run, *args, epochs=1, template=template)
+        assert res.exit_code == 0, res.output
+        metrics.append(json.loads((tmp_path / run / "metrics.json").read_text()))
+        stats.append(metrics[-1]["span_cache"])
+    assert stats[0]["computed_tokens"] > 0 and stats[0]["disk_hits"] == 0
+    assert stats[1]["computed_tokens"] == 0 and stats[1]["disk_hits"] == stats[0]["misses"]
+    assert metrics[1]["test_mse"] == pytest.approx(metrics[0]["test_mse"], rel=1e-6)

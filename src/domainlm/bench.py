@@ -75,6 +75,7 @@ class BenchSettings:
     reuse: bool | None = None
     cache_budget_gb: float | None = None
     cache_dtype: str | None = None
+    span_store: str | None = None  # keys/values on disk too (speed only: never compared)
     dtype: str = "float32"
     device: str | None = None
     # The tag method's own training settings over the shared ones (any `TrainConfig` field: lr, epochs,
@@ -101,7 +102,7 @@ class BenchSettings:
         """The settings a row of `method` records and a resumed run must match (not which methods or folds
         run); None: the bench's, every method's settings."""
         # reuse and the cache budget change speed, never results (reuse is exact: tests/test_reuse.py)
-        skip = {"methods", "folds", "data_dir", "device", "reuse", "cache_budget_gb"}
+        skip = {"methods", "folds", "data_dir", "device", "reuse", "cache_budget_gb", "span_store"}
         if method is not None and method != TAG_METHOD:
             skip |= TAG_ONLY_SETTINGS
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
@@ -274,6 +275,7 @@ class Bench:
             reuse=s.reuse,
             cache_budget_gb=s.cache_budget_gb,
             cache_dtype=s.cache_dtype,
+            span_store=s.span_store,
             dtype=s.dtype,
             device=s.device,
         )

@@ -291,6 +291,8 @@ def train_tagged_task(
             results.update({f"{name}_{k}": v for k, v in scores.items()})
             predictions[name] = preds
             write_predictions(run.path / f"predictions_{name}.csv", splits[name], preds, spec)
+        if method.cache is not None:
+            method.cache.flush()  # spans still buffered for a disk store (--span-store)
         results["seconds"] = round(time.time() - started, 2)
         training = {"task": spec.name, "template": spec.template, **config.to_dict()}
         _save_tags_and_history(run, tm, None, training, results, history, f"{spec.name}: tags")

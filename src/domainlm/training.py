@@ -123,6 +123,9 @@ class TrainConfig:
     reuse: bool | None = None  # reuse span keys/values (None: whenever isolated spans are frozen)
     cache_budget_gb: float | None = None  # bound on stored span keys/values; None = no bound
     cache_dtype: str | None = None  # store reused keys/values as bfloat16/float16 to halve memory
+    # A folder that keeps reused keys/values on disk too: spills a store beyond the budget, and serves later
+    # runs on the same model and domain tags (engine.span_disk)
+    span_store: str | None = None
     overflow: str = "error"  # over-long inputs: error | truncate | window (see encoding.LengthPolicy)
     max_span_tokens: int | None = None  # longest data span kept whole (truncate / window size)
     enrich: bool = False
@@ -149,6 +152,8 @@ class TrainConfig:
                 raise DomainLMError(f"{name} must be >= 1")
         if self.head_init not in ("zero", "standardized", "probe"):
             raise DomainLMError(f"head_init must be zero, standardized or probe, got {self.head_init!r}")
+        if self.span_store is not None:
+            self.span_store = str(self.span_store)  # a plain value in config.yaml
         if self.head_lr is not None and not self.head_lr >= 0:
             raise DomainLMError(f"head_lr must be >= 0 (or unset: lr), got {self.head_lr}")
         if self.head_init == "probe" and self.head_hidden:

@@ -20,6 +20,7 @@ from domainlm.cli.options import (
     MaxSpanOpt,
     OverflowOpt,
     ReuseOpt,
+    SpanStoreOpt,
     parse_key_values,
 )
 
@@ -99,6 +100,7 @@ def bench(
     reuse: ReuseOpt = None,
     cache_budget_gb: CacheBudgetOpt = None,
     cache_dtype: CacheDtypeOpt = None,
+    span_store: SpanStoreOpt = None,
     dtype: Annotated[str, Opt(help="float32 | bfloat16 | float16")] = "float32",
     device: Annotated[str, Opt(help="cpu, cuda, ... (default: cpu)")] = None,
     threads: Annotated[
@@ -124,6 +126,7 @@ def bench(
     chosen = [m.strip() for item in methods or [] for m in item.split(",") if m.strip()]
     given.update(
         data_dir=str(data_dir) if data_dir else None,
+        span_store=str(span_store) if span_store else None,
         methods=tuple(chosen) or ALL_METHODS,
         task_options=parse_key_values(task_option, "--task-option"),
         tags=list(tags or []),

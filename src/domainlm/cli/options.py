@@ -34,6 +34,13 @@ CacheBudgetOpt = Annotated[
 CacheDtypeOpt = Annotated[
     str, typer.Option(help="store reused keys/values as bfloat16 or float16 (half the memory)")
 ]
+SpanStoreOpt = Annotated[
+    Path,
+    typer.Option(
+        help="folder that keeps reused keys/values on disk as well: a store beyond --cache-budget-gb spills "
+        "there, and later runs on the same model and domain tags read them back instead of recomputing"
+    ),
+]
 OVERFLOW_HELP = (
     "over-long inputs: error (refused before training, naming file and line), truncate (keep the start of "
     "long data spans) or window (split long spans into windows, each behind its own domain tag); counts are "

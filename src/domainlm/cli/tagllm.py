@@ -18,6 +18,7 @@ from domainlm.cli.options import (
     IsolateOpt,
     MaxSpanOpt,
     ReuseOpt,
+    SpanStoreOpt,
     load_config_file,
     merge,
     parse_key_values,
@@ -151,6 +152,7 @@ def train(
     reuse: ReuseOpt = None,
     cache_budget_gb: CacheBudgetOpt = None,
     cache_dtype: CacheDtypeOpt = None,
+    span_store: SpanStoreOpt = None,
     overflow: Annotated[str, Opt(help=shown(OVERFLOW_HELP, "overflow"))] = None,
     max_span_tokens: MaxSpanOpt = None,
     enrich: Annotated[

@@ -14,6 +14,7 @@ not (a 7B model), batches grouped by span (`group`) still compute each span once
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -34,6 +35,7 @@ class ReuseStats:
     misses: int = 0
     computed_tokens: int = 0
     evictions: int = 0
+    disk_hits: int = 0  # spans read back from the disk store instead of computed
 
 
 def span_key(ids: list[int], slots: list[int]) -> SpanKey:
@@ -95,7 +97,10 @@ class SpanCache:
         budget_bytes: int | None = None,
         dtype: torch.dtype | None = None,
         batch_size: int = 16,
+        disk: str | os.PathLike | None = None,
     ):
+        """`disk`: a folder to keep every span in as well (`engine.span_disk`), read back when memory lacks
+        it: a store beyond `budget_bytes` spills there, and later runs on the same model and tags reuse it."""
         if not tm.attention_hook:
             raise DomainLMError(
                 f"span reuse needs a model family that uses the attention interface; "
@@ -107,6 +112,12 @@ class SpanCache:
         self.store: OrderedDict[tuple[str, SpanKey], torch.Tensor] = OrderedDict()
         self.bytes = 0
         self.stats = ReuseStats()
+        self.disk = None
+        if disk is not None:
+            from domainlm.engine.span_disk import SpanDisk, model_key
+
+            stored = dtype or tm.base.get_input_embeddings().weight.dtype
+            self.disk = SpanDisk(disk, model_key(tm.base, stored))
 
     def get(self, spans: list[tuple[SpanKey, list[int], list[int]]]) -> dict[SpanKey, list]:
         wanted = {key: (ids, slots) for key, ids, slots in spans}
@@ -117,6 +128,12 @@ class SpanCache:
                 self.store.move_to_end((version, key))
                 found[key] = self.store[(version, key)]
                 self.stats.hits += 1
+        for key in wanted:
+            kv = None if key in found or self.disk is None else self.disk.get(version, key)
+            if kv is not None:
+                found[key] = kv.to(self.tm.device)
+                self._insert((version, key), found[key])
+                self.stats.disk_hits += 1
         missing = [(k, *wanted[k]) for k in wanted if k not in found]
         self.stats.misses += len(missing)
         missing.sort(key=lambda x: len(x[1]))
@@ -125,7 +142,14 @@ class SpanCache:
             for key, kv in zip([c[0] for c in chunk], self._compute(chunk)):
                 found[key] = kv
                 self._insert((version, key), kv)
+                if self.disk is not None:
+                    self.disk.put(version, key, kv)
         return found
+
+    def flush(self) -> None:
+        """Write spans still buffered for the disk store (also done when the process exits)."""
+        if self.disk is not None:
+            self.disk.flush()
 
     def entry(self, key: SpanKey) -> torch.Tensor | None:
         """A span's stored keys/values under the model's current domain tags (None: not stored)."""

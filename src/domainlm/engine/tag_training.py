@@ -114,7 +114,7 @@ class TagMethod(TrainableMethod):
         elif self.reuse:
             budget = None if config.cache_budget_gb is None else int(config.cache_budget_gb * 2**30)
             dtype = DTYPES[config.cache_dtype] if config.cache_dtype else None
-            self.cache = SpanCache(tm, budget_bytes=budget, dtype=dtype)
+            self.cache = SpanCache(tm, budget_bytes=budget, dtype=dtype, disk=config.span_store)
         self.generative = function_tag is not None and tm.specs[function_tag].generative
         self.n_examples = len(train)
         self.lengths = [len(tm.encoder.encode(x, i).ids) for i, x in enumerate(train.inputs)]
