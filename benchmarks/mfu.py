@@ -61,26 +61,15 @@ def peak_tflops(device: torch.device, given: float | None) -> tuple[float | None
 
 def build(shape, dtype: torch.dtype, device: torch.device):
     """A TaggedModel over a random Llama of `shape`, made directly on the device in `dtype`."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from domainlm.engine.model import TaggedModel
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from tiny_models import tiny_tokenizer
+    from tiny_models import tiny_config, tiny_tokenizer
 
     hidden, layers, heads, mlp = shape
-    config = LlamaConfig(
-        vocab_size=32000,
-        hidden_size=hidden,
-        intermediate_size=mlp,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        max_position_embeddings=4096,
-        pad_token_id=0,
-        bos_token_id=2,
-        eos_token_id=3,
-    )
+    config = tiny_config("llama", 32000, hidden, layers, heads, intermediate=mlp, kv_heads=heads)
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # 7B weights made in fp32 first would need twice the memory
     try:

@@ -61,9 +61,16 @@ def _word_or_char_pattern():
 
 
 def tiny_config(
-    family: str = "llama", vocab_size: int = 256, hidden: int = 32, layers: int = 2, heads: int = 4
+    family: str = "llama",
+    vocab_size: int = 256,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    intermediate: int | None = None,
+    kv_heads: int | None = None,
 ):
-    """A 2-layer config of the given family; `hidden`/`layers` can be raised for random-weight speed runs."""
+    """A 2-layer config of the given family; `hidden`/`layers` (and for llama/qwen2 the MLP width and
+    key/value heads) can be raised for random-weight speed runs of a real model's shape."""
     from transformers import BertConfig, GPT2Config, LlamaConfig, Qwen2Config
 
     if family in {"llama", "qwen2"}:
@@ -71,10 +78,10 @@ def tiny_config(
         return config_class(
             vocab_size=vocab_size,
             hidden_size=hidden,
-            intermediate_size=hidden * 2,
+            intermediate_size=intermediate or hidden * 2,
             num_hidden_layers=layers,
             num_attention_heads=heads,
-            num_key_value_heads=max(1, heads // 2),
+            num_key_value_heads=kv_heads or max(1, heads // 2),
             max_position_embeddings=2048,
             bos_token_id=2,
             eos_token_id=3,
