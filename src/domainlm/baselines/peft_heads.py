@@ -45,6 +45,7 @@ from domainlm.engine.heads import Head, HeadSpec
 from domainlm.engine.tag_specs import initial_tag
 from domainlm.engine.template import Template
 from domainlm.errors import DomainLMError
+from domainlm.memory import check_batches
 from domainlm.progress import batches_by_length
 from domainlm.tasks.base import Example, TaskData, TaskSpec
 from domainlm.training import TrainableMethod, fit, length_bucketed_batches, seed_everything
@@ -395,8 +396,18 @@ def train_peft_baseline(
         pred = predict(net, val.ids, pad_id, config.eval_batch_size, "validating")
         return metric_functions.compute(task.metrics, val.labels, pred)
 
+    method_data = HeadTraining(net, encoded["train"], pad_id)
+    lengths = [len(x) + net.n_prompt for x in encoded["train"].ids]
+    check_batches(
+        backbone.model.config,
+        method_data.batches(config.batch_size, config.seed),
+        lengths,
+        net.head.linear.weight.device,
+        log_fn,
+        f"{method} on {task.name}",
+    )
     trained = fit(
-        HeadTraining(net, encoded["train"], pad_id),
+        method_data,
         config.loop(),
         validate=validate if val.ids else None,
         select=task.primary_metric,
