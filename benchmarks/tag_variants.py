@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overfit", type=int, default=64, help="training molecules of the overfit rows")
     ap.add_argument("--tags", action="append", default=[], help="stage-1 tag library (domain tags, frozen)")
     ap.add_argument("--cache-dtype", choices=["bfloat16", "float16"], help="span keys/values in 16 bits")
+    ap.add_argument(
+        "--max-span-tokens", type=int, help="SMILES cut to this many characters, as the bench's option"
+    )
     ap.add_argument("--report-only", action="store_true", help="tabulate finished variants, train nothing")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--out", required=True)
@@ -98,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             rows[name] = finished(out, name)
             continue
         settings = {**BASE, **VARIANTS[name]}
+        if args.max_span_tokens:
+            settings["max_span_tokens"] = args.max_span_tokens
         overfit = settings.pop("overfit", False)
         if function_tag in tm.specs:
             tm.remove_tag(function_tag)
