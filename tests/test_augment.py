@@ -6,7 +6,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -280,7 +279,6 @@ def free_port() -> int:
 
 def test_cli_refused_connection_fails_fast(tmp_path):
     data = write_data_dir(tmp_path / "data", 3)
-    started = time.monotonic()
     result = run_cli(
         "augment",
         "--mode",
@@ -295,8 +293,10 @@ def test_cli_refused_connection_fails_fast(tmp_path):
         str(tmp_path / "out"),
         "--no-progress",
     )
+    # "cannot connect" is raised by the first refused request when nothing ever answered, never after retries
+    # (a retried request ends in another message); no wall-clock bound, which a loaded machine can break
     assert result.returncode == 2 and "cannot connect to the teacher" in result.stderr
-    assert time.monotonic() - started < 30  # no endless retries (a generous bound; the real time is ~1 s)
+    assert "retr" not in result.stderr.lower()
     assert not (tmp_path / "out" / "train.jsonl").exists()
 
 

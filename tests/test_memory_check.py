@@ -21,7 +21,8 @@ def free(monkeypatch, gb: float) -> None:
 def test_the_long_molecule_batch_is_refused_with_what_to_do(monkeypatch):
     free(monkeypatch, 22)
     batches = [list(range(8)), list(range(8, 16))]
-    with pytest.raises(DomainLMError, match=r"lora on qed: .*8 inputs, up to 2,100 tokens.*--max-span-tokens"):
+    expected = r"lora on qed: .*8 inputs, up to 2,100 tokens.*--max-span-tokens"
+    with pytest.raises(DomainLMError, match=expected):
         check_batches(SMOLLM2, batches, LENGTHS, "cpu", print, "lora on qed")
 
 
