@@ -221,6 +221,10 @@ class Bench:
             )
         return self.rows()
 
+    def run_dir(self, method: str, fold: str) -> Path:
+        """A trained method's folder: its history and curve, and while it trains its checkpoint."""
+        return self.dir / "runs" / f"{method}__{fold}"
+
     def run_one(self, method: str, fold: str, data) -> dict:
         started = time.perf_counter()
         result = self.run_method(method, fold, data)
@@ -229,15 +233,14 @@ class Bench:
             return row
         self.plot(row, result)
         if result.get("history"):  # peft methods; the tag method writes its own run folder
-            run_dir = self.dir / "runs" / f"{method}__{fold}"
+            run_dir = self.run_dir(method, fold)
             io.write_json(run_dir / "history.json", result["history"])
             plots.training_curve(
                 result["history"], run_dir / "training_curve.png", title=f"{self.spec.name}: {method}"
             )
         self.save_row(row)
-        (self.dir / "runs" / f"{method}__{fold}" / CHECKPOINT).unlink(
-            missing_ok=True
-        )  # the row is the result
+        # the row is the result now; a peft baseline's training state is not needed any more
+        (self.run_dir(method, fold) / CHECKPOINT).unlink(missing_ok=True)
         primary = f"test_{self.spec.primary_metric}"
         self.log(f"{self.spec.name}/{fold}: {method} {primary}={row.get(primary)} in {row['seconds']:.0f} s")
         return row
@@ -296,7 +299,8 @@ class Bench:
             peft = PeftSettings(num_virtual_tokens=n_tags * config.tag_length, max_span_chars=cut)
             # A killed bench continues a half-trained baseline from its last checkpoint (the row is checked
             # against the bench's settings, the checkpoint against the loop's).
-            checkpoint = self.dir / "runs" / f"{method}__{fold}" / CHECKPOINT
+            trained = method != "linear_probe"  # the probe is a closed-form fit: nothing to checkpoint
+            checkpoint = self.run_dir(method, fold) / CHECKPOINT if trained else None
             return train_peft_baseline(
                 method,
                 self.spec,
@@ -305,8 +309,8 @@ class Bench:
                 config,
                 peft,
                 log_fn=self.log,
-                checkpoint=checkpoint if method != "linear_probe" else None,
-                resume=checkpoint.exists(),
+                checkpoint=checkpoint,
+                resume=checkpoint is not None and checkpoint.exists(),
             )
         return self.run_tags(fold, data, config)
 
@@ -338,7 +342,7 @@ class Bench:
     def run_tags(self, fold: str, data, config) -> dict:
         from domainlm.tagruns import train_tagged_task
 
-        run_dir = self.dir / "runs" / f"tags__{fold}"
+        run_dir = self.run_dir(TAG_METHOD, fold)
         # Resume an interrupted tag run from its checkpoint; redo one that finished without its row saved.
         finished = RunDirectory.read_status(run_dir) == "complete"
         result = train_tagged_task(
