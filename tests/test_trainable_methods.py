@@ -10,6 +10,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -103,6 +104,24 @@ def peft(method_name: str) -> Case:
     return Case(ph.HeadTraining(net, train, pad_id), net, outputs, *safetensors_io(net.trainable_parameters))
 
 
+def generative_peft(method_name: str, model: str) -> Case:
+    from domainlm.baselines.peft_generation import GenerativePeft
+
+    method = GenerativePeft(model, method_name, num_virtual_tokens=4)
+    rows = toy_molecules()
+    method.set_pairs([f"Input: {s} Output:" for s, _ in rows], [f"{y:.2f}" for _, y in rows])
+
+    def params() -> dict[str, nn.Parameter]:
+        return {n: p for n, p in method.module.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def outputs() -> torch.Tensor:
+        method.module.eval()
+        return method.module(input_ids=torch.tensor([p + t for p, t in method.pairs[:1]])).logits
+
+    return Case(method, method.module, outputs, *safetensors_io(params))
+
+
 @pytest.fixture(scope="module")
 def student_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("students")
@@ -135,6 +154,8 @@ CASES = {
     "tags-llama-mean-mlp": lambda models: tags("llama", readout="mean", head_hidden=8),
     "peft-prompt_tuning": lambda models: peft("prompt_tuning"),
     "peft-lora": lambda models: peft("lora"),
+    "peft-generative-lora": lambda models: generative_peft("lora", models["llama"]),
+    "peft-generative-prompt_tuning": lambda models: generative_peft("prompt_tuning", models["llama"]),
     "student-lora": lambda models: student("lora", models["llama"]),
     "student-prefix": lambda models: student("prefix", models["llama"]),
     "student-seqcls-lora": lambda models: student("seqcls-lora", models["bert"]),
@@ -296,3 +317,17 @@ def test_a_nan_loss_skips_its_batch_and_a_run_of_them_stops_training(build, monk
     with pytest.raises(DomainLMError, match="non-finite"):
         fit(case.method, settings(epochs=5), log=quiet)
     assert calls["n"] == NONFINITE_LIMIT
+
+
+def test_a_batch_that_cannot_fit_in_memory_is_refused_before_the_first_step(build, monkeypatch):
+    import psutil
+
+    case = build()
+    before = trainable(case)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=1))
+    if case.method.memory_plan() is None:  # reused spans: only the short function segment back-propagates
+        fit(case.method, settings(), log=quiet)
+        return
+    with pytest.raises(DomainLMError, match="the largest training batch"):
+        fit(case.method, settings(), log=quiet)
+    assert all(torch.equal(before[n], v) for n, v in trainable(case).items())

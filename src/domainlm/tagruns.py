@@ -25,7 +25,6 @@ from domainlm.engine.model import TaggedModel
 from domainlm.engine.tag_training import Split, TagMethod
 from domainlm.engine.template import Part, Template, prompt_of
 from domainlm.errors import DomainLMError, InputError
-from domainlm.memory import check_batches
 from domainlm.runs import RunConfig, RunDirectory
 from domainlm.tasks.base import Example, TaskData, TaskSpec
 from domainlm.tasks.resolve import TaskSource
@@ -233,9 +232,6 @@ def train_tagged_task(
         touched = overflow_report(tm, splits, method.isolate, source=data.info.get("source"), where=where)
         if any(touched.values()):
             run.log(f"over-long inputs ({config.overflow}): {touched}")
-        if not method.reuse:  # reused spans are never back-propagated through: only the function segment is
-            batches = method.batches(config.batch_size, config.seed)
-            check_batches(tm.base.config, batches, method.lengths, tm.device, run.log, f"tags on {spec.name}")
         head_start = {"head_init": "zero"}
         if new_head and config.head_init != "zero" and not generative:  # a library's head keeps its weights
             head_start = start_head(tm, method, template.function_tag, config)
@@ -266,7 +262,7 @@ def train_tagged_task(
             checkpoint=run.path / CHECKPOINT,
             resume=resume,
             log=run.log,
-            description="stage function",
+            description=f"tags on {spec.name}",
         )
         history = trained.history
         results: dict[str, Any] = {

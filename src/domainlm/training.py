@@ -46,6 +46,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,6 +54,7 @@ import torch
 from domainlm import distributed, io
 from domainlm.errors import DomainLMError
 from domainlm.interrupts import TrainingInterrupted, deferred_interrupts
+from domainlm.memory import check_batches
 from domainlm.metrics import selection_value
 from domainlm.progress import progress_bar
 
@@ -202,6 +204,11 @@ class TrainableMethod:
     def train_mode(self, training: bool) -> None:
         self.module.train(training)
 
+    def memory_plan(self) -> tuple[Any, list[int]] | None:
+        """(the model's config, each training example's length in positions through it with a gradient), for
+        the check before the first step that the longest batch fits in a CPU's memory; None: no check."""
+        return None
+
     def batches(self, batch_size: int, seed: int) -> list[list[int]]:
         """One epoch's batches, a function of `seed` alone (so a resumed epoch replays them)."""
         return shuffled_batches(self.n_examples, batch_size, seed)
@@ -295,6 +302,11 @@ def fit(
     team = _Team.start(method, params, s)
     if not team.main:
         log = _silent
+    plan = method.memory_plan()
+    if plan is not None:  # every epoch's batches: shuffling can put the longest inputs together in any one
+        batches = [b for e in range(math.ceil(s.epochs)) for b in method.batches(s.batch_size, s.seed + e)]
+        device = next(iter(params.values())).device
+        check_batches(plan[0], batches, plan[1], device, log, description)
     seed_everything(s.seed + team.rank)  # rank 0 draws as a single process does
     per_step = s.grad_accum * team.size  # batches an optimizer step takes, over all processes
     steps_per_epoch = math.ceil(math.ceil(method.n_examples / s.batch_size) / per_step)

@@ -79,6 +79,10 @@ class GenerativePeft(TrainableMethod):
     def tokens(self, batch: list[int]) -> int:
         return sum(len(p) + len(t) for p, t in (self.pairs[i] for i in batch))
 
+    def memory_plan(self):
+        virtual = getattr(self.module.peft_config["default"], "num_virtual_tokens", None) or 0
+        return self.module.config, [len(p) + len(t) + virtual for p, t in self.pairs]
+
     def batches(self, batch_size: int, seed: int) -> list[list[int]]:
         return length_bucketed_batches([len(p) + len(t) for p, t in self.pairs], batch_size, seed)
 

@@ -45,7 +45,6 @@ from domainlm.engine.heads import Head, HeadSpec
 from domainlm.engine.tag_specs import initial_tag
 from domainlm.engine.template import Template
 from domainlm.errors import DomainLMError
-from domainlm.memory import check_batches
 from domainlm.progress import batches_by_length
 from domainlm.tasks.base import Example, TaskData, TaskSpec
 from domainlm.training import TrainableMethod, fit, length_bucketed_batches, seed_everything
@@ -330,6 +329,9 @@ class HeadTraining(TrainableMethod):
     def batches(self, batch_size: int, seed: int) -> list[list[int]]:
         return length_bucketed_batches([len(x) for x in self.train.ids], batch_size, seed)
 
+    def memory_plan(self):
+        return self.net.body.config, [len(x) + self.net.n_prompt for x in self.train.ids]
+
     def loss(self, batch: list[int]) -> torch.Tensor:
         device = self.net.head.linear.weight.device
         raw = self.net(**pad_ids([self.train.ids[i] for i in batch], self.pad_id, device=device))
@@ -396,24 +398,15 @@ def train_peft_baseline(
         pred = predict(net, val.ids, pad_id, config.eval_batch_size, "validating")
         return metric_functions.compute(task.metrics, val.labels, pred)
 
-    method_data = HeadTraining(net, encoded["train"], pad_id)
-    lengths = [len(x) + net.n_prompt for x in encoded["train"].ids]
-    check_batches(
-        backbone.model.config,
-        method_data.batches(config.batch_size, config.seed),
-        lengths,
-        net.head.linear.weight.device,
-        log_fn,
-        f"{method} on {task.name}",
-    )
     trained = fit(
-        method_data,
+        HeadTraining(net, encoded["train"], pad_id),
         config.loop(),
         validate=validate if val.ids else None,
         select=task.primary_metric,
         checkpoint=checkpoint,
         resume=resume,
         log=log_fn,
+        description=f"{method} on {task.name}",
     )
     predictions = {
         split: predict(net, encoded[split].ids, pad_id, config.eval_batch_size) for split in ("val", "test")

@@ -122,6 +122,10 @@ class TagMethod(TrainableMethod):
     def tokens(self, batch: list[int]) -> int:
         return sum(self.lengths[i] for i in batch)
 
+    def memory_plan(self):
+        # reused spans are never back-propagated through: only the short function segment is
+        return None if self.reuse else (self.tm.base.config, self.lengths)
+
     def parameter_groups(self, params: dict[str, torch.nn.Parameter]) -> list[dict]:
         if self.config.head_lr is None:
             return super().parameter_groups(params)

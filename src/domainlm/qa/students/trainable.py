@@ -23,6 +23,10 @@ class StudentTraining(TrainableMethod):
     def tokens(self, batch: list[int]) -> int:
         return sum(self.lengths[i] for i in batch)
 
+    def memory_plan(self):
+        model = self.student.model
+        return getattr(model, "base", model).config, self.lengths  # a tag student's model is a TaggedModel
+
     def loss(self, batch: list[int]) -> torch.Tensor:
         return self.student.loss(self.student.collate([self.features[i] for i in batch]))
 
