@@ -64,3 +64,21 @@ def test_answer_scoring_is_checked_and_never_reaches_generate():
     assert "answer_scoring" not in LIKELIHOOD.generate_kwargs() and LIKELIHOOD.name == "likelihood"
     assert Decoding().name == "beam5-rp2" and Decoding.greedy().answer_scoring == "parse"
     assert best_label({"yes": -1.0, "no": -1.0, "maybe": -2.0}) == "yes"  # ties: LABELS order
+
+
+def test_a_student_of_the_sentence_alone_learns_no_long_answer_and_scores_without_generating(llama):
+    paper = get_method("lora").build(student_config(llama, "lora"))
+    short = get_method("lora").build(student_config(llama, "lora", long_answer=False))
+    sentence = continuation_ids(short, "yes")
+    target = [t for t in short.encode(ITEMS[0], train=True).features["labels"] if t != -100]
+    assert target == sentence  # item "a" has a long answer; only its sentence is learned
+    assert len(paper.encode(ITEMS[0], train=True).features["labels"]) > len(sentence)
+    assert short.answer_room() == max(len(continuation_ids(short, label)) for label in LABELS)
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("a sentence-alone student generates nothing before likelihood scoring")
+
+    short.generate = no_generation
+    predictions = short.predict(ITEMS, LIKELIHOOD)
+    assert [p.scores for p in predictions] == label_log_likelihoods(short, ITEMS)
+    assert all(p.matched and p.predicted == best_label(p.scores) for p in predictions)

@@ -93,6 +93,7 @@ def finetune_command(
     tag_length: Annotated[int, _opt("tag_length")] = DEFAULT["tag_length"],
     max_length: Annotated[int, _opt("max_length")] = DEFAULT["max_length"],
     max_answer_tokens: Annotated[int, _opt("max_answer_tokens")] = DEFAULT["max_answer_tokens"],
+    long_answer: Annotated[bool, _opt("long_answer")] = DEFAULT["long_answer"],
     seed: Annotated[int, _opt("seed")] = DEFAULT["seed"],
     limit: Annotated[int | None, _opt("limit")] = DEFAULT["limit"],
     save_every: Annotated[int, _opt("save_every")] = DEFAULT["save_every"],

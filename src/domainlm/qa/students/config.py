@@ -43,6 +43,11 @@ class StudentConfig:
     max_answer_tokens: int = _opt(
         128, "generative students: tokens kept for the target answer and generated at evaluation"
     )
+    long_answer: bool = _opt(
+        True,
+        "generative students: write the long answer before the answer sentence (the paper); off: the "
+        "sentence alone, so the prompt keeps more context and likelihood scoring needs no generation",
+    )
     seed: int = _opt(0, "seed for adapter initialisation, data order and dropout")
     limit: int | None = _opt(None, "use only the first N items of each split (for trials)")
     save_every: int = _opt(50, "optimizer steps between checkpoints (0: only at the end of each epoch)")

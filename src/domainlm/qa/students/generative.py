@@ -9,6 +9,7 @@ import torch
 
 from domainlm import backbone
 from domainlm.batching import pad_batch
+from domainlm.qa.data import LABELS
 from domainlm.qa.students.answers import answer_sentence, parse_answer, rationale
 from domainlm.qa.students.config import Decoding
 from domainlm.qa.students.likelihood import best_label, label_log_likelihoods
@@ -34,8 +35,15 @@ class GenerativeStudent(Student):
         student.model = get_peft_model(loaded.model, student.peft_config(loaded.config)).to(device)
         return student
 
+    def answer_room(self) -> int:
+        """Tokens kept for the target (and generated at evaluation): the long answer's budget, or the longest
+        answer sentence + EOS when students learn the sentence alone."""
+        if self.config.long_answer:
+            return self.config.max_answer_tokens
+        return max(len(self._ids(" " + answer_sentence(label))) for label in LABELS) + 1
+
     def _prompt_ids(self, item) -> tuple[list[int], bool]:
-        budget = self.config.max_length - self.config.max_answer_tokens
+        budget = self.config.max_length - self.answer_room()
         fitted = fit_prompt(self.tokenizer, item, budget)
         ids = self.tokenizer(fitted.text, truncation=True, max_length=budget)["input_ids"]
         return ids, fitted.truncated
@@ -45,7 +53,7 @@ class GenerativeStudent(Student):
         sentence = self._ids(" " + answer_sentence(item.label))
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         room = max(0, self.config.max_answer_tokens - len(sentence) - len(eos))
-        long = self._ids(" " + item.long_answer) if item.long_answer else []
+        long = self._ids(" " + item.long_answer) if item.long_answer and self.config.long_answer else []
         return long[:room] + sentence + eos
 
     def _ids(self, text: str) -> list[int]:
@@ -74,7 +82,7 @@ class GenerativeStudent(Student):
             batch = {k: v.to(self.device) for k, v in batch.items()}
             out = self.model.generate(
                 **batch,
-                max_new_tokens=self.config.max_answer_tokens,
+                max_new_tokens=self.answer_room(),
                 pad_token_id=self.tokenizer.pad_token_id,
                 **decoding.generate_kwargs(),
             )
@@ -84,7 +92,8 @@ class GenerativeStudent(Student):
 
     def predict(self, items, decoding: Decoding | None = None) -> list[Prediction]:
         if decoding is not None and decoding.answer_scoring == "likelihood":
-            texts = self.generate(items, decoding)
+            # a student that learned the sentence alone has no rationale to write first
+            texts = self.generate(items, decoding) if self.config.long_answer else [""] * len(items)
             scores = label_log_likelihoods(self, items, [rationale(text) for text in texts])
             return [
                 Prediction(item.id, item.label, best_label(s), True, text, scores=s)
