@@ -23,6 +23,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,23 +55,28 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server_process(args, env):
-    """`domainlm serve` in a child process; yields its /v1 base URL once it answers."""
+def server_process(args, env, model_name: str = "bench", log: Path | None = None):
+    """`domainlm serve` in a child process; yields its /v1 base URL once it answers. `args`: model,
+    batch_window_ms, max_batch_size, concurrency (a list) and device. The server's log goes to `log` (a
+    file, not a pipe nobody reads while it runs: a full pipe would stall the server)."""
     port = free_port()
     command = [
         sys.executable, "-c", "from domainlm.cli import main; main()", "serve", "--model", args.model,
-        "--model-name", "bench", "--port", str(port), "--batch-window-ms", str(args.batch_window_ms),
+        "--model-name", model_name, "--port", str(port), "--batch-window-ms", str(args.batch_window_ms),
         "--max-batch-size", str(args.max_batch_size), "--max-queue", str(max(args.concurrency) + 1),
     ]  # fmt: skip
     if args.device:
         command += ["--device", args.device]
-    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = Path(log or tempfile.mkstemp(suffix=".log")[1])
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as sink:
+        child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=sink, text=True)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             if child.poll() is not None:
-                raise SystemExit(f"the server exited: {child.stderr.read()[-2000:]}")
+                raise SystemExit(f"the server exited: {log.read_text()[-2000:]}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{url}/models", timeout=2).status_code == 200:
                     break

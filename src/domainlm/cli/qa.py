@@ -159,9 +159,10 @@ def augment(
     counts, usage = manifest["counts"], manifest["usage_this_run"]
     cost = manifest["cost"]["estimated_usd_this_run"]
     rejects = ", ".join(f"{k} {v}" for k, v in manifest["rejects_by_reason"].items() if v) or "none"
+    generated = ", ".join(f"{mode} {n}" for mode, n in counts["generated"].items()) or "none"
     console.print(
         f"wrote {out}: train {counts['train_total']} ({counts['train_originals']} original, "
-        f"generated {counts['generated']}); rejects: {rejects}; requests {counts['requests_sent']} "
+        f"generated: {generated}); rejects: {rejects}; requests {counts['requests_sent']} "
         f"(retries {counts['retries']}, malformed replies {counts['malformed_replies']}, "
         f"cached {counts['replies_from_cache']}); tokens this run "
         f"{usage['prompt_tokens']:,} in / {usage['completion_tokens']:,} out"

@@ -1,0 +1,191 @@
+"""Dr. LLaMA end to end on local models (issue 13): `domainlm serve` runs the teacher, `domainlm augment`
+writes rewrite / new / combined training data for the official split's fold-0 training items (its filters
+count what they drop), students fine-tune on no augmentation and on each mode and answer the official test
+set (500 items), and `domainlm compare` puts them beside the majority class and the published rows.
+
+    python benchmarks/drllama.py --data ../shared/data --teacher smollm2-135m --student smollm2-135m \\
+        --methods seqcls-lora,lora --out benchmarks/results/smollm2-135m/drllama
+
+Every step is a `domainlm` command a user would type; they are printed as they run and recorded in the
+results. Reruns resume: teacher replies are cached (one cache for all modes, so `combined` asks nothing
+new), finished student runs are kept and unfinished ones continue from their checkpoints. Writes
+drllama.json, drllama.md and compare/ (table and plot) under --out; data and runs go to --work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+from domainlm import io
+from serve_throughput import server_process
+
+HERE = Path(__file__).parent
+MODES = ("none", "rewrite", "new", "combined")
+GENERATIVE = {"lora", "prefix"}
+
+
+def domainlm(*args: str) -> list[str]:
+    return [sys.executable, "-m", "domainlm", *map(str, args)]
+
+
+def run(command: list[str], commands: list[str], env: dict, check: bool = True) -> int:
+    shown = "domainlm " + shlex.join(command[3:])
+    print(f"$ {shown}", flush=True)
+    commands.append(shown)
+    return subprocess.run(command, check=check, env=env).returncode
+
+
+def augment(args, pqa: Path, modes: list[str], commands: list[str], env: dict) -> dict[str, dict]:
+    """Each mode's manifest (counts, drops by reason, token usage); the teacher serves them all."""
+    wanted = [m for m in modes if m != "none"]
+    if not wanted:
+        return {}
+    served = SimpleNamespace(
+        model=args.teacher, batch_window_ms=20.0, max_batch_size=16, concurrency=[args.concurrency]
+    )
+    served.device = None
+    name = Path(args.teacher).name
+    manifests = {}
+    with server_process(served, env, model_name=name, log=args.work / "teacher.log") as url:
+        for mode in wanted:
+            out = args.work / f"aug-{mode}"
+            command = domainlm(
+                "augment", "--mode", mode, "--teacher", url, "--model", name, "--data", pqa, "--out", out,
+                "--cache", args.work / "replies.sqlite", "--concurrency", args.concurrency,
+                "--max-tokens", args.max_tokens, "--no-progress",
+            )  # fmt: skip
+            if args.limit:
+                command += ["--limit", str(args.limit)]
+            started = time.time()
+            code = run(command, commands, env, check=False)
+            path = out / "manifest.json"
+            manifest = json.loads(path.read_text()) if path.is_file() else None
+            # requests the teacher refused (e.g. a prompt beyond its context) are counted drops, not a stop
+            if code and not (
+                manifest and path.stat().st_mtime >= started and manifest["counts"]["failed_requests"]
+            ):
+                raise SystemExit(f"domainlm augment --mode {mode} failed (exit status {code})")
+            manifests[mode] = {
+                "counts": manifest["counts"],
+                "rejects_by_reason": manifest["rejects_by_reason"],
+                "usage_this_run": manifest["usage_this_run"],
+                "seconds": round(time.time() - started, 1),
+            }
+    return manifests
+
+
+def students(args, pqa: Path, modes: list[str], commands: list[str], env: dict) -> dict[str, float]:
+    """Train and score every (method, mode, seed); returns each run's wall seconds (0 for a kept run)."""
+    seconds = {}
+    for method in args.methods:
+        for mode in modes:
+            for seed in args.seeds:
+                run_dir = args.work / "runs" / f"{method}-{mode}-s{seed}"
+                if (run_dir / "metrics.json").is_file():
+                    seconds[run_dir.name] = 0.0
+                    continue
+                data = pqa if mode == "none" else args.work / f"aug-{mode}"
+                command = domainlm(
+                    "finetune", "--method", method, "--model", args.student, "--data", data, "--out", run_dir,
+                    "--epochs", args.epochs, "--lr", args.lr, "--max-length", args.max_length,
+                    "--batch-size", args.batch_size, "--grad-accum", args.grad_accum, "--seed", seed,
+                    "--save-every", 20, "--eval-batch-size", 8,
+                )  # fmt: skip
+                if method in GENERATIVE:
+                    command += ["--answer-scoring", "likelihood", "--no-long-answer", "--greedy"]
+                if (run_dir / "config.yaml").is_file():
+                    command += ["--resume"]
+                started = time.time()
+                run(command, commands, env)
+                seconds[run_dir.name] = round(time.time() - started, 1)
+    return seconds
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"# Dr. LLaMA on local models: teacher {result['teacher']}, student {result['student']}",
+        "",
+        f"PubMedQA official split, fold 0 as dev; test = the official 500. {result['machine']}.",
+        "",
+        "## Augmentation (teacher replies through the filters)",
+        "",
+        "| mode | requests | generated kept | train total | rejects by reason | completion tokens | s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for mode, m in result["augmentation"].items():
+        c = m["counts"]
+        kept = sum(c["generated"].values())
+        rejects = ", ".join(f"{k} {v}" for k, v in m["rejects_by_reason"].items() if v) or "none"
+        lines.append(
+            f"| {mode} | {c['requests_sent']} | {kept} | {c['train_total']} | {rejects} | "
+            f"{m['usage_this_run']['completion_tokens']:,} | {m['seconds']} |"
+        )
+    lines += ["", "## Students", "", result["compare_md"].split("\n", 2)[-1].strip(), "", "## Commands", ""]
+    lines += [f"    {c}" for c in result["commands"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="the shared data directory (holds pubmedqa/)")
+    ap.add_argument("--teacher", default="smollm2-135m", help="model `domainlm serve` loads")
+    ap.add_argument("--student", default="smollm2-135m")
+    ap.add_argument("--methods", default="seqcls-lora", help="comma-separated student methods")
+    ap.add_argument("--modes", default=",".join(MODES), help="augmentation modes (none: the originals)")
+    ap.add_argument("--seeds", default="0", help="comma-separated student seeds")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--max-length", type=int, default=256, help="student tokens per item (context cut)")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--grad-accum", type=int, default=2)
+    ap.add_argument("--concurrency", type=int, default=16, help="teacher requests in flight")
+    ap.add_argument("--max-tokens", type=int, default=256, help="most tokens per teacher reply")
+    ap.add_argument("--limit", type=int, default=None, help="augment only the first N training items")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads of every step")
+    ap.add_argument("--work", type=Path, default=HERE / "cache" / "drllama")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        raise SystemExit(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
+    commands: list[str] = []
+    pqa = args.work / "pqa"
+    run(domainlm("data", "export", "pubmedqa", "--fold", 0, "--data", args.data, "--out", pqa), commands, env)
+    started = time.time()
+    manifests = augment(args, pqa, modes, commands, env)
+    seconds = students(args, pqa, modes, commands, env)
+    compare = args.out / "compare"
+    runs = [args.work / "runs" / name for name in seconds]
+    listed = [arg for path in runs for arg in ("--runs", path)]
+    run(domainlm("compare", *listed, "--out", compare), commands, env)
+    result = {
+        "teacher": args.teacher,
+        "student": args.student,
+        "machine": f"{os.cpu_count()} CPU cores, OMP threads {args.threads or 'default'}",
+        "settings": {k: v if not isinstance(v, Path) else str(v) for k, v in vars(args).items()},
+        "augmentation": manifests,
+        "student_seconds": seconds,
+        "seconds": round(time.time() - started, 1),
+        "compare": json.loads((compare / "compare.json").read_text()),
+        "compare_md": (compare / "compare.md").read_text(),
+        "commands": [f"python benchmarks/drllama.py {shlex.join(sys.argv[1:])}", *commands],
+    }
+    io.write_json(args.out / "drllama.json", {k: v for k, v in result.items() if k != "compare_md"})
+    io.write_text(args.out / "drllama.md", markdown(result))
+    print(f"wrote {args.out}/drllama.md", flush=True)
+
+
+if __name__ == "__main__":
+    main()
