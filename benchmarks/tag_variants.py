@@ -70,7 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tags", action="append", default=[], help="stage-1 tag library (domain tags, frozen)")
     ap.add_argument("--cache-dtype", choices=["bfloat16", "float16"], help="span keys/values in 16 bits")
     ap.add_argument(
-        "--max-span-tokens", type=int, help="SMILES cut to this many characters, as the bench's option"
+        "--max-span-tokens", type=int, help="data spans cut (or windowed) at this many tokens, as the bench's"
+    )
+    ap.add_argument(
+        "--overflow",
+        choices=["truncate", "window"],
+        default="truncate",
+        help="longer spans: cut, or read whole in windows of --max-span-tokens (each behind its domain tag)",
     )
     ap.add_argument("--report-only", action="store_true", help="tabulate finished variants, train nothing")
     ap.add_argument("--threads", type=int)
@@ -103,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = {**BASE, **VARIANTS[name]}
         if args.max_span_tokens:
             settings["max_span_tokens"] = args.max_span_tokens
+        settings["overflow"] = args.overflow
         overfit = settings.pop("overfit", False)
         if function_tag in tm.specs:
             tm.remove_tag(function_tag)
