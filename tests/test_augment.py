@@ -212,6 +212,31 @@ def test_extract_json(text, question):
     assert (data or {}).get("question") == question
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "Question: Does X lower Y?\nAnswer: It does; the trial\nshowed a drop.\nFinal decision: yes.",
+            ("Does X lower Y?", "It does; the trial showed a drop.", "yes"),
+        ),
+        (
+            "**Question:** Is it safe?\n**Answer:** Mostly.\n**Label:** Maybe",
+            ("Is it safe?", "Mostly.", "maybe"),
+        ),
+        (  # the source item echoed first, then the teacher's own: each field's last occurrence counts
+            "Question: Is it?\nAnswer: Because.\n\nQuestion: Was it ever?\nAnswer: Not in this cohort.\n"
+            "Final decision: no",
+            ("Was it ever?", "Not in this cohort.", "no"),
+        ),
+    ],
+)
+def test_replies_without_json_are_read_from_labelled_lines(text, expected):
+    verdict = judge_reply(text, QAItem("p", "Is it?", "ctx", "no", "Because."), "new", 0)
+    assert (verdict.item.question, verdict.item.long_answer, verdict.item.label) == expected
+    prose = judge_reply("The final response is a JSON object.", QAItem("p", "Is it?", "c", "no"), "new", 0)
+    assert prose.reason == "unparseable" and "Question:" in prose.detail
+
+
 def test_judge_reply_labels():
     parent = QAItem("p", "Is it?", "ctx", "no", "Because.")
     ok = judge_reply(reply("Is that so?", "NO."), parent, "rewrite", 3)

@@ -1,7 +1,8 @@
 """Turn teacher replies into QA items, or into rejects with a reason.
 
 The prompts ask for one JSON object `{"question", "answer", "label"}`; replies wrapped in a fenced code
-block or surrounded by prose are accepted as long as one JSON object can be cut out of them.
+block or surrounded by prose are accepted as long as one JSON object can be cut out of them, and a reply with
+no JSON is read from "Question: / Answer: / Final decision:" lines when it has them.
 
 Near duplicates are measured by the Jaccard similarity of two questions' word sets (lower-cased, punctuation
 dropped): |A & B| / |A | B|, the classic resemblance measure for near-duplicate text (Broder, 1997). The
@@ -109,6 +110,36 @@ def extract_json(text: str) -> dict | None:
     return None
 
 
+# "Question: ... / Answer: ... / Final decision: ..." lines, the layout the prompts show the source item in:
+# small teachers (a 135M model rarely writes the JSON asked for) often answer in it.
+_FIELD_LINE = re.compile(
+    r"^[\s*#>-]*(question|long answer|answer|final decision|decision|label)[\s*]*:[\s*]*(.*)$", re.I
+)
+_FIELDS = {"question": "question", "long answer": "answer", "answer": "answer"}
+
+
+def extract_fields(text: str) -> dict | None:
+    """The reply's question, answer and label: its JSON object, else its labelled lines (each field's last
+    occurrence, continued by the unlabelled lines under it)."""
+    data = extract_json(text)
+    if data is not None:
+        return data
+    fields: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        match = _FIELD_LINE.match(line)
+        if match:
+            current = _FIELDS.get(match.group(1).lower(), "label")
+            fields[current] = [match.group(2)]
+        elif current is not None and line.strip():
+            fields[current].append(line.strip())
+        else:
+            current = None  # a blank line ends a field
+    if "question" not in fields:
+        return None
+    return {name: " ".join(part.strip() for part in parts).strip() for name, parts in fields.items()}
+
+
 @dataclass
 class Verdict:
     item: QAItem | None
@@ -126,9 +157,9 @@ def judge_reply(
     label, and no (near) copy of the source question."""
     if not text.strip():
         return Verdict(None, "empty", "the reply is empty")
-    data = extract_json(text)
+    data = extract_fields(text)
     if data is None:
-        return Verdict(None, "unparseable", "no JSON object in the reply")
+        return Verdict(None, "unparseable", "no JSON object and no 'Question:' line in the reply")
     question = stripped(data.get("question"))
     answer = stripped(data.get("answer") or data.get("long_answer"))
     empty = [name for name, value in (("question", question), ("answer", answer)) if not value]
