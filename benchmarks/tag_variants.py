@@ -55,6 +55,7 @@ VARIANTS = {
     "standardized-mlp256-lr1e-3": dict(lr=1e-3, head_init="standardized", head_hidden=256),
     "overfit-paper-head": dict(lr=1e-3, epochs=30, overfit=True),
     "overfit-standardized": dict(lr=1e-3, epochs=30, head_init="standardized", overfit=True),
+    "overfit-standardized-lr1e-2": dict(lr=1e-2, epochs=30, head_init="standardized", overfit=True),
 }
 
 
