@@ -49,9 +49,12 @@ def augment(args, pqa: Path, modes: list[str], commands: list[str], env: dict) -
     if not wanted:
         return {}
     served = SimpleNamespace(
-        model=args.teacher, batch_window_ms=20.0, max_batch_size=16, concurrency=[args.concurrency]
+        model=args.teacher,
+        batch_window_ms=20.0,
+        max_batch_size=16,
+        concurrency=[args.concurrency],
+        device=None,
     )
-    served.device = None
     name = Path(args.teacher).name
     manifests = {}
     with server_process(served, env, model_name=name, log=args.work / "teacher.log") as url:

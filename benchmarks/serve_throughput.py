@@ -67,7 +67,10 @@ def server_process(args, env, model_name: str = "bench", log: Path | None = None
     ]  # fmt: skip
     if args.device:
         command += ["--device", args.device]
-    log = Path(log or tempfile.mkstemp(suffix=".log")[1])
+    if log is None:
+        handle, name = tempfile.mkstemp(suffix=".log")
+        os.close(handle)
+        log = Path(name)
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as sink:
         child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=sink, text=True)

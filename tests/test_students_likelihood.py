@@ -73,7 +73,7 @@ def test_a_student_of_the_sentence_alone_learns_no_long_answer_and_scores_withou
     target = [t for t in short.encode(ITEMS[0], train=True).features["labels"] if t != -100]
     assert target == sentence  # item "a" has a long answer; only its sentence is learned
     assert len(paper.encode(ITEMS[0], train=True).features["labels"]) > len(sentence)
-    assert short.answer_room() == max(len(continuation_ids(short, label)) for label in LABELS)
+    assert short.answer_room == max(len(continuation_ids(short, label)) for label in LABELS)
 
     def no_generation(*args, **kwargs):
         raise AssertionError("a sentence-alone student generates nothing before likelihood scoring")

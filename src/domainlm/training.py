@@ -303,9 +303,10 @@ def fit(
     if not team.main:
         log = _silent
     plan = method.memory_plan()
-    if plan is not None:  # every epoch's batches: shuffling can put the longest inputs together in any one
+    device = next(iter(params.values())).device
+    if plan is not None and device.type == "cpu":  # a GPU reports its own out-of-memory error
+        # every epoch's batches: shuffling can put the longest inputs together in any one
         batches = [b for e in range(math.ceil(s.epochs)) for b in method.batches(s.batch_size, s.seed + e)]
-        device = next(iter(params.values())).device
         check_batches(plan[0], batches, plan[1], device, log, description)
     seed_everything(s.seed + team.rank)  # rank 0 draws as a single process does
     per_step = s.grad_accum * team.size  # batches an optimizer step takes, over all processes

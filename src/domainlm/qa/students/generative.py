@@ -5,6 +5,8 @@ question given the context is {label}."); the loss covers only the target tokens
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from domainlm import backbone
@@ -12,7 +14,7 @@ from domainlm.batching import pad_batch
 from domainlm.qa.data import LABELS
 from domainlm.qa.students.answers import answer_sentence, parse_answer, rationale
 from domainlm.qa.students.config import Decoding
-from domainlm.qa.students.likelihood import best_label, label_log_likelihoods
+from domainlm.qa.students.likelihood import best_label, continuation_ids, label_log_likelihoods
 from domainlm.qa.students.prompt_fit import fit_prompt
 from domainlm.qa.students.student import EncodedItem, Prediction, Student, register_method
 
@@ -35,15 +37,16 @@ class GenerativeStudent(Student):
         student.model = get_peft_model(loaded.model, student.peft_config(loaded.config)).to(device)
         return student
 
+    @functools.cached_property
     def answer_room(self) -> int:
         """Tokens kept for the target (and generated at evaluation): the long answer's budget, or the longest
         answer sentence + EOS when students learn the sentence alone."""
         if self.config.long_answer:
             return self.config.max_answer_tokens
-        return max(len(self._ids(" " + answer_sentence(label))) for label in LABELS) + 1
+        return max(len(continuation_ids(self, label)) for label in LABELS)
 
     def _prompt_ids(self, item) -> tuple[list[int], bool]:
-        budget = self.config.max_length - self.answer_room()
+        budget = self.config.max_length - self.answer_room
         fitted = fit_prompt(self.tokenizer, item, budget)
         ids = self.tokenizer(fitted.text, truncation=True, max_length=budget)["input_ids"]
         return ids, fitted.truncated
@@ -82,7 +85,7 @@ class GenerativeStudent(Student):
             batch = {k: v.to(self.device) for k, v in batch.items()}
             out = self.model.generate(
                 **batch,
-                max_new_tokens=self.answer_room(),
+                max_new_tokens=self.answer_room,
                 pad_token_id=self.tokenizer.pad_token_id,
                 **decoding.generate_kwargs(),
             )
