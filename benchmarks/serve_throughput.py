@@ -61,7 +61,7 @@ def server_process(args, env, model_name: str = "bench", log: Path | None = None
     file, not a pipe nobody reads while it runs: a full pipe would stall the server)."""
     port = free_port()
     command = [
-        sys.executable, "-c", "from domainlm.cli import main; main()", "serve", "--model", args.model,
+        sys.executable, "-m", "domainlm", "serve", "--model", args.model,
         "--model-name", model_name, "--port", str(port), "--batch-window-ms", str(args.batch_window_ms),
         "--max-batch-size", str(args.max_batch_size), "--max-queue", str(max(args.concurrency) + 1),
     ]  # fmt: skip

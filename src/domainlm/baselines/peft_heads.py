@@ -322,15 +322,17 @@ class HeadTraining(TrainableMethod):
         self.net, self.module, self.train, self.pad_id = net, net, train, pad_id
         self.n_examples = len(train.ids)
         self.labels = torch.tensor(train.labels, dtype=torch.float32)
+        # positions the backbone sees per example: the text and any virtual prompt tokens
+        self.lengths = [len(x) + net.n_prompt for x in train.ids]
 
     def tokens(self, batch: list[int]) -> int:
-        return sum(len(self.train.ids[i]) + self.net.n_prompt for i in batch)
+        return sum(self.lengths[i] for i in batch)
 
     def batches(self, batch_size: int, seed: int) -> list[list[int]]:
-        return length_bucketed_batches([len(x) for x in self.train.ids], batch_size, seed)
+        return length_bucketed_batches(self.lengths, batch_size, seed)
 
     def memory_plan(self):
-        return self.net.body.config, [len(x) + self.net.n_prompt for x in self.train.ids]
+        return self.net.body.config, self.lengths
 
     def loss(self, batch: list[int]) -> torch.Tensor:
         device = self.net.head.linear.weight.device
