@@ -91,7 +91,8 @@ def students(args, pqa: Path, modes: list[str], commands: list[str], env: dict) 
     for method in args.methods:
         for mode in modes:
             for seed in args.seeds:
-                run_dir = args.work / "runs" / f"{method}-{mode}-s{seed}"
+                cut = "" if args.keep_context == "start" else f"-keep{args.keep_context}"
+                run_dir = args.work / "runs" / f"{method}-{mode}-s{seed}{cut}"
                 if (run_dir / "metrics.json").is_file():
                     seconds[run_dir.name] = 0.0
                     continue
@@ -100,7 +101,7 @@ def students(args, pqa: Path, modes: list[str], commands: list[str], env: dict) 
                     "finetune", "--method", method, "--model", args.student, "--data", data, "--out", run_dir,
                     "--epochs", args.epochs, "--lr", args.lr, "--max-length", args.max_length,
                     "--batch-size", args.batch_size, "--grad-accum", args.grad_accum, "--seed", seed,
-                    "--save-every", 20, "--eval-batch-size", 8,
+                    "--save-every", 20, "--eval-batch-size", 8, "--keep-context", args.keep_context,
                 )  # fmt: skip
                 if method in GENERATIVE:
                     command += ["--answer-scoring", "likelihood", "--no-long-answer", "--greedy"]
@@ -147,6 +148,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--max-length", type=int, default=256, help="student tokens per item (context cut)")
+    ap.add_argument("--keep-context", choices=("start", "end"), default="start", help="context part kept")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--grad-accum", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=16, help="teacher requests in flight")

@@ -68,3 +68,16 @@ def test_fit_prompt_cuts_the_context_never_the_question():
     assert fit_prompt(tok, short, 40) == FittedPrompt(
         f"Question: {question}\nContext: the molecule\nAnswer:", False
     )
+
+
+def test_fit_prompt_can_keep_the_end_of_the_context():
+    """PubMedQA's results come last: keep="end" cuts the start of the context instead of its end."""
+    tok = tiny_tokenizer("llama")
+    question = "is the protein binding the drug ?"
+    context = " ".join(["the molecule score"] * 30) + " the protein binding"
+    fitted = fit_prompt(tok, QAItem("1", question, context, "yes"), 40, keep="end")
+    assert fitted.truncated and len(tok(fitted.text)["input_ids"]) <= 40
+    kept = fitted.text.split("Context: ")[1].rsplit("\nAnswer:")[0]
+    assert context.endswith(kept) and kept.endswith("the protein binding") and len(kept) < len(context)
+    with pytest.raises(ValueError, match="keep"):
+        fit_prompt(tok, QAItem("1", question, context, "yes"), 40, keep="middle")

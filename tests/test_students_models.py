@@ -216,3 +216,14 @@ def test_bad_settings_fail_at_construction():
         StudentConfig(model="m", lr=0)
     with pytest.raises(InputError, match="max_answer_tokens"):
         StudentConfig(model="m", max_length=64, max_answer_tokens=64)
+
+
+@pytest.mark.parametrize("method", ["lora", "seqcls-lora"])
+def test_keep_context_end_feeds_the_end_of_a_long_context(models, method):
+    long = QAItem("9", "does it work?", " ".join(["background words"] * 60) + " results improved", "yes")
+    student = get_method(method).build(student_config(models["llama"], method, keep_context="end"))
+    ids = student.encode(long, train=False).features["input_ids"]
+    text = student.tokenizer.decode(ids).replace(" ", "")  # the tiny tokenizer spells unknown words
+    assert "resultsimproved" in text and "doesitwork?" in text and "background" not in text[:30]
+    with pytest.raises(InputError, match="keep_context"):
+        student_config(models["llama"], method, keep_context="middle")

@@ -92,6 +92,7 @@ def finetune_command(
     num_virtual_tokens: Annotated[int, _opt("num_virtual_tokens")] = DEFAULT["num_virtual_tokens"],
     tag_length: Annotated[int, _opt("tag_length")] = DEFAULT["tag_length"],
     max_length: Annotated[int, _opt("max_length")] = DEFAULT["max_length"],
+    keep_context: Annotated[str, _opt("keep_context")] = DEFAULT["keep_context"],
     max_answer_tokens: Annotated[int, _opt("max_answer_tokens")] = DEFAULT["max_answer_tokens"],
     long_answer: Annotated[bool, _opt("long_answer")] = DEFAULT["long_answer"],
     seed: Annotated[int, _opt("seed")] = DEFAULT["seed"],

@@ -24,7 +24,8 @@ class ClassifierStudent(Student):
     reserved_tokens = 0  # input positions the method adds itself (e.g. tag vectors)
 
     def encode(self, item, *, train: bool) -> EncodedItem:
-        fitted = fit_prompt(self.tokenizer, item, self.config.max_length - self.reserved_tokens)
+        budget = self.config.max_length - self.reserved_tokens
+        fitted = fit_prompt(self.tokenizer, item, budget, self.config.keep_context)
         features = self.features(fitted.text)
         if train:
             features["labels"] = LABEL_INDEX[item.label]

@@ -40,6 +40,11 @@ class StudentConfig:
     num_virtual_tokens: int = _opt(16, "prefix tuning: virtual tokens per layer (the paper sweeps 16..512)")
     tag_length: int = _opt(10, "tag method: vectors in the function tag")
     max_length: int = _opt(512, "most tokens per example; the context is cut to fit, never the question")
+    keep_context: str = _opt(
+        "start",
+        "which part of a context too long for --max-length is kept: start (cut the end; the paper's "
+        "truncation) or end (cut the start; PubMedQA's results paragraphs come last)",
+    )
     max_answer_tokens: int = _opt(
         128, "generative students: tokens kept for the target answer and generated at evaluation"
     )
@@ -82,6 +87,8 @@ class StudentConfig:
             bad.append(f"limit={self.limit}")
         if bad:
             raise InputError(f"invalid setting(s): {', '.join(bad)}")
+        if self.keep_context not in {"start", "end"}:
+            raise InputError(f"keep_context must be start or end, got {self.keep_context!r}")
         if self.device not in {"auto", "cpu", "cuda"}:
             raise InputError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.method in {"lora", "prefix"} and self.max_answer_tokens >= self.max_length:

@@ -47,7 +47,7 @@ class GenerativeStudent(Student):
 
     def _prompt_ids(self, item) -> tuple[list[int], bool]:
         budget = self.config.max_length - self.answer_room
-        fitted = fit_prompt(self.tokenizer, item, budget)
+        fitted = fit_prompt(self.tokenizer, item, budget, self.config.keep_context)
         ids = self.tokenizer(fitted.text, truncation=True, max_length=budget)["input_ids"]
         return ids, fitted.truncated
 

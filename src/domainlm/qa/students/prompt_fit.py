@@ -26,10 +26,16 @@ def target_text(item: QAItem) -> str:
     return f"{item.long_answer} {sentence}" if item.long_answer else sentence
 
 
-def fit_prompt(tokenizer, item: QAItem, max_tokens: int) -> FittedPrompt:
+KEEP = ("start", "end")
+
+
+def fit_prompt(tokenizer, item: QAItem, max_tokens: int, keep: str = "start") -> FittedPrompt:
     """The prompt for `item` in at most `max_tokens` tokens (special tokens included), cutting the context
-    at a token boundary. Character offsets keep the kept context exactly as written; a retry absorbs the odd
-    token that merges across the cut."""
+    at a token boundary. `keep`: the context's start (cut its end) or its end (cut its start). Character
+    offsets keep the kept context exactly as written; a retry absorbs the odd token that merges across the
+    cut."""
+    if keep not in KEEP:
+        raise ValueError(f"keep must be one of {KEEP}, not {keep!r}")
     full = prompt_text(item.question, item.context)
     if _length(tokenizer, full) <= max_tokens:
         return FittedPrompt(full, False)
@@ -39,13 +45,19 @@ def fit_prompt(tokenizer, item: QAItem, max_tokens: int) -> FittedPrompt:
     offsets = context_tokens["offset_mapping"]
     budget = max_tokens - _length(tokenizer, prompt_text(item.question, ""))
     while True:
-        keep = max(0, min(budget, len(offsets)))
-        text = prompt_text(item.question, item.context[: offsets[keep - 1][1]] if keep else "")
+        kept = max(0, min(budget, len(offsets)))
+        text = prompt_text(item.question, _kept_context(item.context, offsets, kept, keep))
         over = _length(tokenizer, text) - max_tokens
-        if over <= 0 or keep == 0:
+        if over <= 0 or kept == 0:
             # With no context left the question alone overflows: the tokenizer's own truncation takes over.
             return FittedPrompt(text, True)
-        budget = keep - over
+        budget = kept - over
+
+
+def _kept_context(context: str, offsets: list, kept: int, keep: str) -> str:
+    if not kept:
+        return ""
+    return context[: offsets[kept - 1][1]] if keep == "start" else context[offsets[-kept][0] :]
 
 
 def _length(tokenizer, text: str) -> int:
