@@ -207,3 +207,22 @@ def test_train_cli_takes_the_head_options(model_dir, tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["head"]["head_init"] == "probe" and metrics["head"]["readout"] == "mean"
     assert "probe_alpha" in metrics["head"]
+
+
+def test_a_batch_too_large_for_memory_is_refused_before_the_probe_read_out(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import psutil
+
+    import domainlm.tagruns as tagruns
+
+    spec = TaskSpec("toy", TEMPLATE)
+    exs = molecules(20)
+    tm = TaggedModel(*tiny_model("llama"))
+    config = TrainConfig(epochs=1, batch_size=8, head_init="probe", reuse=False)
+    read = []
+    monkeypatch.setattr(tagruns, "start_head", lambda *a, **k: read.append(1))
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=1))
+    with pytest.raises(DomainLMError, match="the largest training batch"):
+        train_tagged_task(spec, TaskData(exs[:12], exs[12:16], exs[16:]), tm, tmp_path / "run", config)
+    assert read == []  # refused before the (inference-only, possibly long) read-out pass

@@ -29,7 +29,7 @@ from domainlm.runs import RunConfig, RunDirectory
 from domainlm.tasks.base import Example, TaskData, TaskSpec
 from domainlm.tasks.resolve import TaskSource
 from domainlm.textmetrics import translation_scores
-from domainlm.training import CHECKPOINT, TrainConfig, fit
+from domainlm.training import CHECKPOINT, TrainConfig, check_memory, fit
 
 log = logging.getLogger("domainlm")
 
@@ -234,6 +234,7 @@ def train_tagged_task(
             run.log(f"over-long inputs ({config.overflow}): {touched}")
         head_start = {"head_init": "zero"}
         if new_head and config.head_init != "zero" and not generative:  # a library's head keeps its weights
+            check_memory(method, config.loop(), run.log, f"tags on {spec.name}")  # before the read-out pass
             head_start = start_head(tm, method, template.function_tag, config)
             run.log(f"head start: {head_start}")
 

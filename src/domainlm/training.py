@@ -277,6 +277,23 @@ def length_bucketed_batches(
     return batches
 
 
+def check_memory(
+    method: TrainableMethod, settings: LoopSettings, log: Callable[[str], None], description: str
+) -> None:
+    """Refuse, before any step, training whose largest batch cannot fit in a CPU's free memory (silent when
+    it fits; a GPU reports its own out-of-memory error). `fit` calls it; callers that run the model before
+    `fit` (e.g. a probe head start) call it first."""
+    plan = method.memory_plan()
+    params = method.trainable_parameters()
+    device = next(iter(params.values())).device if params else torch.device("cpu")
+    if plan is None or device.type != "cpu":
+        return
+    # every epoch's batches: shuffling can put the longest inputs together in any one
+    s = settings
+    batches = [b for e in range(math.ceil(s.epochs)) for b in method.batches(s.batch_size, s.seed + e)]
+    check_batches(plan[0], batches, plan[1], device, log, description)
+
+
 def fit(
     method: TrainableMethod,
     settings: LoopSettings,
@@ -302,12 +319,7 @@ def fit(
     team = _Team.start(method, params, s)
     if not team.main:
         log = _silent
-    plan = method.memory_plan()
-    device = next(iter(params.values())).device
-    if plan is not None and device.type == "cpu":  # a GPU reports its own out-of-memory error
-        # every epoch's batches: shuffling can put the longest inputs together in any one
-        batches = [b for e in range(math.ceil(s.epochs)) for b in method.batches(s.batch_size, s.seed + e)]
-        check_batches(plan[0], batches, plan[1], device, log, description)
+    check_memory(method, s, log, description)
     seed_everything(s.seed + team.rank)  # rank 0 draws as a single process does
     per_step = s.grad_accum * team.size  # batches an optimizer step takes, over all processes
     steps_per_epoch = math.ceil(math.ceil(method.n_examples / s.batch_size) / per_step)
