@@ -137,7 +137,13 @@ def test_lm_labels_skip_tags_and_padding():
     assert (lm[batch["attention_mask"] == 0] == -100).all()
     real = (batch["tag_index"] < 0) & (batch["attention_mask"] == 1)
     assert torch.equal(lm[real], batch["input_ids"][real])
-    assert tm(**batch).lm_loss is not None
+    # the loss (output layer on labelled positions only) is the mean over the full logits' labelled tokens
+    out = tm(**batch, return_logits=True)
+    full = torch.nn.functional.cross_entropy(
+        out.logits[:, :-1].flatten(0, 1), lm[:, 1:].flatten(), ignore_index=-100
+    )
+    torch.testing.assert_close(out.lm_loss, full)
+    torch.testing.assert_close(tm(**batch).lm_loss, full)
 
 
 def test_encoder_refuses_lm_loss():

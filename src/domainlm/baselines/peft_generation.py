@@ -15,6 +15,7 @@ from domainlm.backbone import ensure_pad_token, load, lora_targets
 from domainlm.batching import pad_batch, pad_ids
 from domainlm.engine.generation import Decoding, Generated, generate_batch
 from domainlm.errors import DomainLMError
+from domainlm.target_loss import target_loss
 from domainlm.training import LoopSettings, TrainableMethod, fit, length_bucketed_batches
 
 METHODS = ("prompt_tuning", "lora")
@@ -91,7 +92,7 @@ class GenerativePeft(TrainableMethod):
             {"input_ids": p + t, "labels": [-100] * len(p) + t} for p, t in (self.pairs[i] for i in batch)
         ]
         encoded = pad_batch(features, self.tokenizer.pad_token_id, device=self.device)
-        return self.module(**encoded).loss
+        return target_loss(self.module, encoded["input_ids"], encoded["attention_mask"], encoded["labels"])
 
     def fit(self, settings: LoopSettings, log=print):
         return fit(self, settings, log=log, description=self.method)

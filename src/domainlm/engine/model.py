@@ -298,13 +298,18 @@ class TaggedModel(nn.Module):
                     f"{type(self.base).__name__} has no LM head: the next-token loss (stage 1, "
                     "--enrich) needs a causal LM"
                 )
-            logits = self.base.get_output_embeddings()(hidden)
+            output_layer = self.base.get_output_embeddings()
             if return_logits:
-                out.logits = logits
+                out.logits = output_layer(hidden)
             if lm_labels is not None:
-                out.lm_loss = F.cross_entropy(
-                    logits[:, :-1].flatten(0, 1).float(), lm_labels[:, 1:].flatten(), ignore_index=IGNORE
+                # the output layer only where a label is predicted: a large vocabulary makes full logits
+                # the costliest part of a step when the targets are short (translation, QA answers)
+                targets = lm_labels[:, 1:]
+                labelled = targets != IGNORE
+                logits = (
+                    out.logits[:, :-1][labelled] if return_logits else output_layer(hidden[:, :-1][labelled])
                 )
+                out.lm_loss = F.cross_entropy(logits.float(), targets[labelled])
         if head is not None and head in self.heads:
             self.apply_head(out, head, self.read_out(hidden, readout_index, head), labels)
         elif head is not None and out.lm_loss is not None:  # a generative tag: its task loss is the target's

@@ -17,6 +17,7 @@ from domainlm.qa.students.config import Decoding
 from domainlm.qa.students.likelihood import best_label, continuation_ids, label_log_likelihoods
 from domainlm.qa.students.prompt_fit import fit_prompt
 from domainlm.qa.students.student import EncodedItem, Prediction, Student, register_method
+from domainlm.target_loss import target_loss
 
 
 class GenerativeStudent(Student):
@@ -68,6 +69,11 @@ class GenerativeStudent(Student):
             return EncodedItem({"input_ids": prompt}, truncated)
         target = self._target_ids(item)
         return EncodedItem({"input_ids": prompt + target, "labels": [-100] * len(prompt) + target}, truncated)
+
+    def loss(self, batch: dict):
+        """The target tokens' loss, with logits only where a target is predicted (see target_loss)."""
+        b = {k: v.to(self.device) for k, v in batch.items()}
+        return target_loss(self.model, b["input_ids"], b["attention_mask"], b["labels"])
 
     def collate(self, features: list[dict], side: str = "right") -> dict:
         return pad_batch(features, self.tokenizer.pad_token_id, side=side)
