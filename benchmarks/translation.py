@@ -76,6 +76,7 @@ def arguments(argv=None):
     p.add_argument("--trained", default=TRAINED, help="directions <Translate> and the PEFT rows train on")
     p.add_argument("--spm-model", default=None, help="a local FLORES SentencePiece model, for spBLEU")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="keep the finished rows of --out's translation.json")
     return p.parse_args(argv)
 
 
@@ -109,6 +110,11 @@ def main(argv=None) -> dict:
         args.data, directions=args.trained, limit_train=args.train_pairs, limit_eval=20, seed=args.seed
     )
     results: dict = {"rows": {}, "trainable_params": {}, "train_seconds": {}}
+    if args.resume:
+        results = finished_rows(out / "translation.json", vars(args), scored) or results
+    wanted = [r for r in rows if r not in results["rows"]]
+    if len(wanted) < len(rows):
+        print(f"resuming: kept the finished rows {', '.join(r for r in rows if r not in wanted)}", flush=True)
 
     def score(row: str, generate) -> None:
         results["rows"][row] = {}
@@ -120,12 +126,12 @@ def main(argv=None) -> dict:
             print(f"{row} {src.tag}-{tgt.tag}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
         io.write_json(out / "translation.json", {**results, "settings": vars(args)})
 
-    if "base_0shot" in rows:
+    if "base_0shot" in wanted:
         score(
             "base_0shot",
             lambda s, t, lines: tm.generate(prompts(s, t, lines), details=True, **vars(decoding)),
         )
-    if "base_3shot" in rows:
+    if "base_3shot" in wanted:
         folder = tatoeba_dir(args.data)
         score(
             "base_3shot",
@@ -136,7 +142,7 @@ def main(argv=None) -> dict:
     train_prompts = [plain_words(ex.fields) for ex in data.train]
     train_targets = [ex.fields["target"] for ex in data.train]
     for method in ("prompt_tuning", "lora"):
-        if method not in rows:
+        if method not in wanted:
             continue
         started = time.time()
         peft = GenerativePeft(args.model, method, num_virtual_tokens=3 * args.tag_length, seed=args.seed)
@@ -151,7 +157,7 @@ def main(argv=None) -> dict:
             ),
         )
         del peft
-    if "tags" in rows:
+    if "tags" in wanted:
         started = time.time()
         stage1 = TrainConfig(**{**config.to_dict(), "stage": "domain", "epochs": args.stage1_epochs})
         for tag in STAGE1:
@@ -171,6 +177,7 @@ def main(argv=None) -> dict:
             return tm.generate(parts, details=True, **vars(decoding))
 
         score("tags", tagged)
+    results["rows"] = {r: results["rows"][r] for r in ROWS if r in results["rows"]}  # resumed rows in order
     results.update(
         {
             "model": args.model,
@@ -185,6 +192,28 @@ def main(argv=None) -> dict:
     io.write_json(out / "translation.json", {**results, "settings": vars(args)})
     io.write_text(out / "translation.md", markdown(results))
     return results
+
+
+def finished_rows(path: Path, settings: dict, scored) -> dict | None:
+    """The rows of an earlier run with the same settings that scored every direction (a partly scored row
+    is redone); None without an earlier run. Rows and directions may be added; other changed settings stop
+    the run rather than mix results."""
+    if not path.is_file():
+        return None
+    earlier = io.read_json(path)
+    free = {"resume", "out", "rows", "directions"}  # a resumed run may add rows or directions
+    changed = sorted(k for k in settings if k not in free and earlier["settings"].get(k) != settings[k])
+    if changed:
+        raise SystemExit(
+            f"{path} was made with other settings ({', '.join(changed)}): drop --resume or --out"
+        )
+    needed = {f"{s.tag}-{t.tag}" for s, t in scored}
+    rows = {row: got for row, got in earlier["rows"].items() if needed <= set(got)}
+    kept = set(rows) | ({"tags_with_language_tags"} if "tags" in rows else set())
+    params, seconds = (
+        {r: v for r, v in earlier[k].items() if r in kept} for k in ("trainable_params", "train_seconds")
+    )
+    return {"rows": rows, "trainable_params": params, "train_seconds": seconds}
 
 
 def prompts(src: Language, tgt: Language, lines: list[str], examples=()) -> list[str]:

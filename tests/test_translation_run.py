@@ -108,3 +108,25 @@ def test_the_bench_runs_end_to_end_on_a_tiny_model(model_dir, data_dir, tmp_path
     assert saved["rows"]["tags"]["IT-FR"]["chrf"] >= 0 and "spBLEU not computed" in saved["notes"][0]
     md = (tmp_path / "translation.md").read_text()
     assert "python benchmarks/translation.py --model" in md and "| tags |" in md and "tokens/s" in md
+
+
+def test_the_bench_resumes_from_its_finished_rows(model_dir, data_dir, tmp_path):
+    spec = importlib.util.spec_from_file_location("translation_bench_resume", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = ["--model", str(model_dir("llama")), "--data", str(data_dir), "--out", str(tmp_path)]
+    tiny = ["--flores-lines", "2", "--train-pairs", "8", "--max-new-tokens", "3", "--directions", "en-fr"]
+    first = bench.main(args + tiny + ["--rows", "base_0shot,lora"])
+
+    def untouchable(*a, **k):
+        raise AssertionError("a finished row was trained again")
+
+    bench.GenerativePeft = untouchable  # LoRA is finished: --resume must not train it again
+    again = bench.main(args + tiny + ["--rows", "base_0shot,lora,base_3shot", "--resume"])  # adds a row
+    assert list(again["rows"]) == ["base_0shot", "base_3shot", "lora"]
+    assert (
+        again["rows"]["lora"] == first["rows"]["lora"]
+        and again["trainable_params"] == first["trainable_params"]
+    )
+    with pytest.raises(SystemExit, match="other settings.*max_new_tokens"):
+        bench.main(args + tiny[:-2] + ["--directions", "en-fr", "--max-new-tokens", "4", "--resume"])
