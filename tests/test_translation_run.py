@@ -91,10 +91,16 @@ def test_spbleu_with_a_local_sentencepiece_model(tmp_path):
         translation_scores(["a"], ["a"], tmp_path / "missing.model")
 
 
-def test_the_bench_runs_end_to_end_on_a_tiny_model(model_dir, data_dir, tmp_path):
-    spec = importlib.util.spec_from_file_location("translation_bench", BENCH)
+def load_bench(name: str):
+    """A fresh copy of benchmarks/translation.py as a module (a test may replace its names)."""
+    spec = importlib.util.spec_from_file_location(name, BENCH)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_the_bench_runs_end_to_end_on_a_tiny_model(model_dir, data_dir, tmp_path):
+    bench = load_bench("translation_bench")
     args = ["--model", str(model_dir("llama")), "--data", str(data_dir), "--out", str(tmp_path)]
     tiny = ["--flores-lines", "2", "--stage1-sentences", "8", "--train-pairs", "8", "--max-new-tokens", "3"]
     results = bench.main(args + tiny + ["--batch-size", "4"])
@@ -111,9 +117,7 @@ def test_the_bench_runs_end_to_end_on_a_tiny_model(model_dir, data_dir, tmp_path
 
 
 def test_the_bench_resumes_from_its_finished_rows(model_dir, data_dir, tmp_path):
-    spec = importlib.util.spec_from_file_location("translation_bench_resume", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("translation_bench_resume")
     args = ["--model", str(model_dir("llama")), "--data", str(data_dir), "--out", str(tmp_path)]
     tiny = ["--flores-lines", "2", "--train-pairs", "8", "--max-new-tokens", "3", "--directions", "en-fr"]
     first = bench.main(args + tiny + ["--rows", "base_0shot,lora"])
