@@ -16,15 +16,22 @@ PROMPT_BEFORE_INPUT = {"PROMPT_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING"}
 def target_loss(model, input_ids, attention_mask, labels) -> torch.Tensor:
     """Mean cross-entropy over the tokens whose label is not -100, as `model(..., labels=labels).loss`.
     `model`: a transformers causal LM or a peft model around one (LoRA, prefix or prompt tuning)."""
+    logits, targets = target_logits(model, input_ids, attention_mask, labels)
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
+
+
+def target_logits(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits [B, K, V], targets [B, K]): the logits of the K positions that predict some row's target
+    token and the tokens they predict (-100 where a row has no target there)."""
     targets = labels[:, 1:]
-    positions = (targets != IGNORE).any(0).nonzero().squeeze(1)  # states that predict some item's target
+    positions = (targets != IGNORE).any(0).nonzero().squeeze(1)  # states that predict some row's target
     if not _keeps_logits(model) or len(positions) == 0:
-        return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return logits[:, :-1], targets
     # virtual tokens that peft puts in front of the input shift every state of the input
     shift = _virtual_tokens_in_front(model)
     out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=positions + shift)
-    chosen = targets[:, positions]
-    return F.cross_entropy(out.logits.flatten(0, 1).float(), chosen.flatten(), ignore_index=IGNORE)
+    return out.logits, targets[:, positions]
 
 
 def _base(model):

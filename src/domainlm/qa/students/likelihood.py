@@ -17,6 +17,7 @@ import torch
 
 from domainlm.qa.data import LABELS
 from domainlm.qa.students.answers import answer_sentence
+from domainlm.target_loss import target_logits
 
 
 def continuation_ids(student, label: str) -> list[int]:
@@ -41,12 +42,12 @@ def label_log_likelihoods(student, items, rationales: list[str] | None = None) -
     sums: list[float] = []
     size = student.config.eval_batch_size * len(LABELS)
     for start in range(0, len(rows), size):
-        batch = student.collate(rows[start : start + size], side="right")
-        labels = batch.pop("labels").to(student.device)
-        logits = student.forward(batch).logits.float()
-        # logits at position t predict token t + 1
-        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-        targets = labels[:, 1:]
+        batch = {k: v.to(student.device) for k, v in student.collate(rows[start : start + size]).items()}
+        # logits only where a sentence token is predicted (the prompt's need no output layer)
+        logits, targets = target_logits(
+            student.model, batch["input_ids"], batch["attention_mask"], batch["labels"]
+        )
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
         known = targets != -100
         picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         sums.extend((picked * known).sum(dim=1).tolist())
