@@ -36,8 +36,14 @@ def domainlm(*args: str) -> list[str]:
     return [sys.executable, "-m", "domainlm", *map(str, args)]
 
 
+def shown_path(arg: str) -> str:
+    """A path under the working directory as the relative path a user would type."""
+    cwd = f"{Path.cwd()}{os.sep}"
+    return arg[len(cwd) :] if arg.startswith(cwd) else arg
+
+
 def run(command: list[str], commands: list[str], env: dict, check: bool = True) -> int:
-    shown = "domainlm " + shlex.join(command[3:])
+    shown = "domainlm " + shlex.join(shown_path(str(a)) for a in command[3:])
     print(f"$ {shown}", flush=True)
     commands.append(shown)
     return subprocess.run(command, check=check, env=env).returncode
