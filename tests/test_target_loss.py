@@ -51,3 +51,17 @@ def test_labels_with_no_target_fall_back_to_the_model_s_own_loss():
     b = batch()
     b["labels"][:] = -100
     assert torch.isnan(target_loss(model, b["input_ids"], b["attention_mask"], b["labels"]))
+
+
+@pytest.mark.parametrize("method", ["none", "prompt"])
+def test_a_model_without_logits_to_keep_gets_the_same_loss_from_full_logits(method, monkeypatch):
+    import domainlm.target_loss as tl
+
+    model, _ = tiny_model("llama")
+    if PEFT[method]:
+        model = get_peft_model(model, PEFT[method]())
+    model.train(False)
+    b = batch()
+    expected = model(**b).loss
+    monkeypatch.setattr(tl, "_keeps_logits", lambda m: False)
+    torch.testing.assert_close(target_loss(model, b["input_ids"], b["attention_mask"], b["labels"]), expected)

@@ -25,11 +25,11 @@ def target_logits(model, input_ids, attention_mask, labels) -> tuple[torch.Tenso
     token and the tokens they predict (-100 where a row has no target there)."""
     targets = labels[:, 1:]
     positions = (targets != IGNORE).any(0).nonzero().squeeze(1)  # states that predict some row's target
-    if not _keeps_logits(model) or len(positions) == 0:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-        return logits[:, :-1], targets
     # virtual tokens that peft puts in front of the input shift every state of the input
     shift = _virtual_tokens_in_front(model)
+    if not _keeps_logits(model) or len(positions) == 0:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return logits[:, shift:-1], targets
     out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=positions + shift)
     return out.logits, targets[:, positions]
 
