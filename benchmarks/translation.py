@@ -65,6 +65,15 @@ def arguments(argv=None):
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--stage1-epochs", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=1e-3, help="tags and PEFT alike")
+    p.add_argument(
+        "--tag-lr", type=float, default=None, help="<Translate>'s own learning rate (default --lr)"
+    )
+    p.add_argument(
+        "--stage1-tags",
+        default=None,
+        help="a folder of finished stage-1 runs (<out>/stage1 of an earlier run: EN/tags, FR/tags, ...) to "
+        "load instead of training the language tags again",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--tag-length", type=int, default=10)
@@ -161,10 +170,14 @@ def main(argv=None) -> dict:
         started = time.time()
         stage1 = TrainConfig(**{**config.to_dict(), "stage": "domain", "epochs": args.stage1_epochs})
         for tag in STAGE1:
+            if args.stage1_tags:
+                tm.load_tags(Path(args.stage1_tags) / tag / "tags")
+                continue
             corpus = CorpusSource(path=args.data, language=tag, limit=args.stage1_sentences)
             texts, skipped = corpus.read_counted()
             train_domain_tag(texts, tag, tm, out / "stage1" / tag, stage1, overwrite=True, skipped=skipped)
-        run = train_tagged_task(spec, data, tm, out / "translate", config, overwrite=True)
+        stage3 = TrainConfig(**{**config.to_dict(), "lr": args.tag_lr or args.lr})
+        run = train_tagged_task(spec, data, tm, out / "translate", stage3, overwrite=True)
         results["trainable_params"]["tags"] = run["trainable_params"]
         results["trainable_params"]["tags_with_language_tags"] = sum(
             p.numel() for p in tm.tag_vectors.values()

@@ -134,3 +134,19 @@ def test_the_bench_resumes_from_its_finished_rows(model_dir, data_dir, tmp_path)
     )
     with pytest.raises(SystemExit, match="other settings.*max_new_tokens"):
         bench.main(args + tiny[:-2] + ["--directions", "en-fr", "--max-new-tokens", "4", "--resume"])
+
+
+def test_the_tags_row_can_reuse_stage1_language_tags(model_dir, data_dir, tmp_path):
+    bench = load_bench("translation_bench_stage1")
+    common = ["--model", str(model_dir("llama")), "--data", str(data_dir), "--rows", "tags"]
+    tiny = ["--flores-lines", "2", "--stage1-sentences", "8", "--train-pairs", "8", "--max-new-tokens", "3"]
+    first = bench.main(common + tiny + ["--out", str(tmp_path / "a"), "--directions", "es-pt"])
+
+    def untouchable(*a, **k):
+        raise AssertionError("stage 1 ran again")
+
+    bench.train_domain_tag = untouchable
+    reused = ["--stage1-tags", str(tmp_path / "a" / "stage1"), "--tag-lr", "0.01", "--directions", "es-pt"]
+    second = bench.main(common + tiny + ["--out", str(tmp_path / "b"), *reused])
+    assert second["trainable_params"] == first["trainable_params"]
+    assert json.loads((tmp_path / "b" / "translation.json").read_text())["settings"]["tag_lr"] == 0.01
