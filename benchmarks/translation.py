@@ -129,6 +129,7 @@ def main(argv=None) -> dict:
         results["rows"][row] = {}
         for src, tgt in scored:
             gen = generate(src, tgt, test[src])
+            io.write_text(out / "generations" / f"{row}-{src.tag}-{tgt.tag}.txt", "\n".join(gen.texts) + "\n")
             scores = translation_scores(gen.texts, test[tgt], spm)
             scores["gen_tokens_per_s"] = round(gen.tokens_per_s, 1)
             results["rows"][row][f"{src.tag}-{tgt.tag}"] = scores

@@ -112,6 +112,8 @@ def test_the_bench_runs_end_to_end_on_a_tiny_model(model_dir, data_dir, tmp_path
     )  # as many vectors as a tagged prompt's tags
     saved = json.loads((tmp_path / "translation.json").read_text())
     assert saved["rows"]["tags"]["IT-FR"]["chrf"] >= 0 and "spBLEU not computed" in saved["notes"][0]
+    written = (tmp_path / "generations" / "tags-IT-FR.txt").read_text().split("\n")
+    assert len(written) == 3 and written[-1] == ""  # one line per FLORES sentence
     md = (tmp_path / "translation.md").read_text()
     assert "python benchmarks/translation.py --model" in md and "| tags |" in md and "tokens/s" in md
 
