@@ -226,3 +226,16 @@ def test_a_batch_too_large_for_memory_is_refused_before_the_probe_read_out(tmp_p
     with pytest.raises(DomainLMError, match="the largest training batch"):
         train_tagged_task(spec, TaskData(exs[:12], exs[12:16], exs[16:]), tm, tmp_path / "run", config)
     assert read == []  # refused before the (inference-only, possibly long) read-out pass
+
+
+def test_a_probe_start_checks_memory_once(tmp_path, monkeypatch):
+    import domainlm.training as training
+
+    calls = []
+    monkeypatch.setattr(training, "check_batches", lambda *a, **k: calls.append(1))
+    spec = TaskSpec("toy", TEMPLATE)
+    exs = molecules(20)
+    tm = TaggedModel(*tiny_model("llama"))
+    config = TrainConfig(epochs=1, batch_size=8, head_init="probe", reuse=False)
+    train_tagged_task(spec, TaskData(exs[:12], exs[12:16], exs[16:]), tm, tmp_path / "run", config)
+    assert calls == [1]  # before the read-out pass, not again in fit (a warning would be logged twice)

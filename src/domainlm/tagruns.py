@@ -233,8 +233,12 @@ def train_tagged_task(
         if any(touched.values()):
             run.log(f"over-long inputs ({config.overflow}): {touched}")
         head_start = {"head_init": "zero"}
-        if new_head and config.head_init != "zero" and not generative:  # a library's head keeps its weights
-            check_memory(method, config.loop(), run.log, f"tags on {spec.name}")  # before the read-out pass
+        description = f"tags on {spec.name}"
+        probe_start = (
+            new_head and config.head_init != "zero" and not generative
+        )  # a library's head keeps its own
+        if probe_start:
+            check_memory(method, config.loop(), run.log, description)  # before the read-out pass
             head_start = start_head(tm, method, template.function_tag, config)
             run.log(f"head start: {head_start}")
 
@@ -263,7 +267,8 @@ def train_tagged_task(
             checkpoint=run.path / CHECKPOINT,
             resume=resume,
             log=run.log,
-            description=f"tags on {spec.name}",
+            description=description,
+            memory_checked=probe_start,
         )
         history = trained.history
         results: dict[str, Any] = {

@@ -304,10 +304,12 @@ def fit(
     resume: bool = False,
     log: Callable[[str], None] = print,
     description: str = "training",
+    memory_checked: bool = False,
 ) -> TrainResult:
     """Train `method` in place. `validate()` returns metrics (logged as `val_<name>`); with `select`, the
     weights at that metric's best value are restored at the end. `checkpoint`: the file to save to, and
-    with `resume` to continue from when it exists."""
+    with `resume` to continue from when it exists. `memory_checked`: the caller ran `check_memory` already
+    (with these settings), so it is not run (nor its warning logged) twice."""
     from transformers import get_scheduler
 
     s = settings
@@ -319,7 +321,8 @@ def fit(
     team = _Team.start(method, params, s)
     if not team.main:
         log = _silent
-    check_memory(method, s, log, description)
+    if not memory_checked:
+        check_memory(method, s, log, description)
     seed_everything(s.seed + team.rank)  # rank 0 draws as a single process does
     per_step = s.grad_accum * team.size  # batches an optimizer step takes, over all processes
     steps_per_epoch = math.ceil(math.ceil(method.n_examples / s.batch_size) / per_step)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 from domainlm.errors import InputError
+from domainlm.qa.students.prompt_fit import KEEP
 
 
 def _opt(default, help: str, **kw):
@@ -87,8 +88,8 @@ class StudentConfig:
             bad.append(f"limit={self.limit}")
         if bad:
             raise InputError(f"invalid setting(s): {', '.join(bad)}")
-        if self.keep_context not in {"start", "end"}:
-            raise InputError(f"keep_context must be start or end, got {self.keep_context!r}")
+        if self.keep_context not in KEEP:
+            raise InputError(f"keep_context must be one of {', '.join(KEEP)}, got {self.keep_context!r}")
         if self.device not in {"auto", "cpu", "cuda"}:
             raise InputError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.method in {"lora", "prefix"} and self.max_answer_tokens >= self.max_length:

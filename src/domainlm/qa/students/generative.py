@@ -72,7 +72,7 @@ class GenerativeStudent(Student):
 
     def loss(self, batch: dict):
         """The target tokens' loss, with logits only where a target is predicted (see target_loss)."""
-        b = {k: v.to(self.device) for k, v in batch.items()}
+        b = self.on_device(batch)
         return target_loss(self.model, b["input_ids"], b["attention_mask"], b["labels"])
 
     def collate(self, features: list[dict], side: str = "right") -> dict:

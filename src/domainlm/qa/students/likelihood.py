@@ -42,7 +42,7 @@ def label_log_likelihoods(student, items, rationales: list[str] | None = None) -
     sums: list[float] = []
     size = student.config.eval_batch_size * len(LABELS)
     for start in range(0, len(rows), size):
-        batch = {k: v.to(student.device) for k, v in student.collate(rows[start : start + size]).items()}
+        batch = student.on_device(student.collate(rows[start : start + size]))
         # logits only where a sentence token is predicted (the prompt's need no output layer)
         logits, targets = target_logits(
             student.model, batch["input_ids"], batch["attention_mask"], batch["labels"]

@@ -74,9 +74,13 @@ class Student:
     def collate(self, features: list[dict]) -> dict:
         raise NotImplementedError
 
+    def on_device(self, batch: dict) -> dict:
+        """A collated batch with its tensors moved to the student's device."""
+        return {k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items()}
+
     def forward(self, batch: dict):
         """The model on a collated batch, its tensors moved to the student's device."""
-        return self.model(**{k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items()})
+        return self.model(**self.on_device(batch))
 
     def loss(self, batch: dict):
         return self.forward(batch).loss
