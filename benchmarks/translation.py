@@ -51,6 +51,7 @@ from domainlm.training import TrainConfig
 STAGE1 = ("EN", "FR", "DE", "IT", "ES", "PT")
 TRAINED = "en-fr,fr-en,en-de,de-en,en-it,it-en"
 ZERO_SHOT = "it-fr,es-pt"
+TRANSLATE_WORDS = " translation:"  # "Output: <FR> <Translate>" read as "Output: French translation:"
 ROWS = ("base_0shot", "base_3shot", "prompt_tuning", "lora", "tags")
 
 
@@ -73,6 +74,13 @@ def arguments(argv=None):
         default=None,
         help="a folder of finished stage-1 runs (<out>/stage1 of an earlier run: EN/tags, FR/tags, ...) to "
         "load instead of training the language tags again",
+    )
+    p.add_argument(
+        "--tag-init",
+        choices=("mean", "words"),
+        default="mean",
+        help="how new tags start: the paper's mean embedding, or the embeddings of words (<FR>: 'French', "
+        f"<Translate>: {TRANSLATE_WORDS!r})",
     )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--grad-accum", type=int, default=1)
@@ -113,6 +121,7 @@ def main(argv=None) -> dict:
         checkpoint_every=0,
         max_new_tokens=args.max_new_tokens,
         num_beams=args.num_beams,
+        tag_init_text=init_words() if args.tag_init == "words" else {},
     )
     spec = get_task("translation")
     data = spec.load(
@@ -206,6 +215,10 @@ def main(argv=None) -> dict:
     io.write_json(out / "translation.json", {**results, "settings": vars(args)})
     io.write_text(out / "translation.md", markdown(results))
     return results
+
+
+def init_words() -> dict[str, str]:
+    return {**{tag: f" {LANGUAGES[tag].name}" for tag in STAGE1}, "Translate": TRANSLATE_WORDS}
 
 
 def finished_rows(path: Path, settings: dict, scored) -> dict | None:

@@ -248,3 +248,15 @@ def test_a_tag_starts_at_the_norm_of_the_token_vectors_the_model_sees():
     tm.add_tag("X")
     seen = tm.base.get_input_embeddings()(torch.arange(256)).norm(dim=-1).mean()
     assert float(tm.tag_vectors["X"].norm(dim=-1).mean()) == pytest.approx(float(seen), rel=1e-4)
+
+
+def test_a_tag_can_start_as_the_embeddings_of_words():
+    tm = tagged("llama")
+    spec = tm.add_tag("FR", "domain", length=5, init_text="Fr")
+    ids = tm.tokenizer("Fr", add_special_tokens=False)["input_ids"]
+    emb = tm.base.get_input_embeddings().weight.detach()
+    expected = emb[[ids[i % len(ids)] for i in range(5)]]
+    assert spec.length == 5 and len(ids) < 5  # cycled, as PEFT's text initialisation
+    torch.testing.assert_close(tm.tag_vectors["FR"].detach(), expected)
+    with pytest.raises(DomainLMError, match="no tokens"):
+        tm.add_tag("Empty", "domain", init_text="")

@@ -142,7 +142,12 @@ def test_the_tags_row_can_reuse_stage1_language_tags(model_dir, data_dir, tmp_pa
     bench = load_bench("translation_bench_stage1")
     common = ["--model", str(model_dir("llama")), "--data", str(data_dir), "--rows", "tags"]
     tiny = ["--flores-lines", "2", "--stage1-sentences", "8", "--train-pairs", "8", "--max-new-tokens", "3"]
-    first = bench.main(common + tiny + ["--out", str(tmp_path / "a"), "--directions", "es-pt"])
+    first = bench.main(
+        common + tiny + ["--out", str(tmp_path / "a"), "--directions", "es-pt", "--tag-init", "words"]
+    )
+    assert json.loads((tmp_path / "a" / "translation.json").read_text())["settings"]["tag_init"] == "words"
+    config = (tmp_path / "a" / "stage1" / "PT" / "config.yaml").read_text()
+    assert "PT: ' Portuguese'" in config and "Translate: ' translation:'" in config
 
     def untouchable(*a, **k):
         raise AssertionError("stage 1 ran again")

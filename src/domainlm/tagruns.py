@@ -50,7 +50,13 @@ def prepare_tags(
         return prepare_generative_tags(tm, template, train, config)
     for name in template.domain_tags:
         if name not in tm.specs:
-            tm.add_tag(name, "domain", length=config.tag_length, char_level=name in spec.char_level_tags)
+            tm.add_tag(
+                name,
+                "domain",
+                length=config.tag_length,
+                char_level=name in spec.char_level_tags,
+                init_text=config.tag_init_text.get(name),
+            )
         elif tm.specs[name].kind != "domain":
             raise InputError(
                 f"<{name}> is a {tm.specs[name].kind} tag but the template uses it as a domain tag"
@@ -78,6 +84,7 @@ def prepare_tags(
         label_std=float(labels.std()) if labels is not None and labels.std() > 0 else 1.0,
         readout=config.readout,
         head_hidden=config.head_hidden,
+        init_text=config.tag_init_text.get(func),
     )
     return True
 
@@ -95,7 +102,7 @@ def prepare_generative_tags(tm: TaggedModel, template: Template, train: list[Exa
                 name,
                 name,
             )
-            tm.add_tag(name, "domain", length=config.tag_length)
+            tm.add_tag(name, "domain", length=config.tag_length, init_text=config.tag_init_text.get(name))
         elif tm.specs[name].kind != "domain":
             raise InputError(f"<{name}> is a {tm.specs[name].kind} tag; the template uses it as a domain tag")
     func = template.function_tag
@@ -103,7 +110,7 @@ def prepare_generative_tags(tm: TaggedModel, template: Template, train: list[Exa
         if not tm.specs[func].generative:
             raise InputError(f"<{func}> from the tag library has a head; a generative task needs one without")
         return False
-    tm.add_tag(func, "function", length=config.tag_length)
+    tm.add_tag(func, "function", length=config.tag_length, init_text=config.tag_init_text.get(func))
     return True
 
 
@@ -393,7 +400,13 @@ def train_domain_tag(
             run.log(f"skipped {count} corpus lines: {reason}")
         tm = _tagged_model(model, config, tags)
         if tag not in tm.specs:
-            tm.add_tag(tag, "domain", length=config.tag_length, char_level=char_level)
+            tm.add_tag(
+                tag,
+                "domain",
+                length=config.tag_length,
+                char_level=char_level,
+                init_text=config.tag_init_text.get(tag),
+            )
         elif tm.specs[tag].kind != "domain":
             raise DomainLMError(f"<{tag}> is a {tm.specs[tag].kind} tag, not a domain tag")
         order = list(range(len(texts)))

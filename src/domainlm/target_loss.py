@@ -4,6 +4,7 @@ vocabulary (Gemma's 262k) makes the full logits the most costly part of a step a
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -39,7 +40,12 @@ def _base(model):
 
 
 def _keeps_logits(model) -> bool:
-    return "logits_to_keep" in inspect.signature(type(_base(model)).forward).parameters
+    return _forward_keeps_logits(type(_base(model)))
+
+
+@functools.cache
+def _forward_keeps_logits(cls: type) -> bool:  # asked every step: read each model class's signature once
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 def _virtual_tokens_in_front(model) -> int:

@@ -114,6 +114,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     tag_length: int = 10
+    # Words whose token embeddings start a new tag (tag name -> text, e.g. {"FR": "French"}); the other tags
+    # start at the paper's mean embedding
+    tag_init_text: dict[str, str] = field(default_factory=dict)
     # The function tag's head (engine.heads, engine.head_init); the defaults are the paper's.
     readout: str = "last"  # last | mean (over the function tag's p vectors)
     head_hidden: int = 0  # 0: linear; > 0: MLP width
@@ -152,6 +155,12 @@ class TrainConfig:
         for name in ("eval_batch_size", "tag_length", "max_new_tokens", "num_beams"):
             if getattr(self, name) < 1:
                 raise DomainLMError(f"{name} must be >= 1")
+        if not isinstance(self.tag_init_text, dict):
+            raise DomainLMError(f"tag_init_text must map tag names to texts, got {self.tag_init_text!r}")
+        bad = {k: v for k, v in self.tag_init_text.items() if not (isinstance(v, str) and v.strip())}
+        if bad:
+            raise DomainLMError(f"tag_init_text: each tag needs a non-empty text, got {bad}")
+        self.tag_init_text = {str(k): v for k, v in self.tag_init_text.items()}
         if self.head_init not in ("zero", "standardized", "probe"):
             raise DomainLMError(f"head_init must be zero, standardized or probe, got {self.head_init!r}")
         if self.span_store is not None:

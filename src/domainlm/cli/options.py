@@ -100,6 +100,17 @@ def parse_key_values(items: list[str] | None, what: str) -> dict[str, Any]:
     return out
 
 
+def parse_texts(items: list[str] | None, what: str) -> dict[str, str]:
+    """["FR=French", "Translate=Translate into"] -> {"FR": "French", ...}: values kept as written."""
+    out = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip() or not text.strip():
+            raise DomainLMError(f"{what} must look like NAME=TEXT, got {item!r}")
+        out[key.strip()] = text
+    return out
+
+
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 

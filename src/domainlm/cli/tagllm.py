@@ -23,6 +23,7 @@ from domainlm.cli.options import (
     merge,
     parse_key_values,
     parse_prefer,
+    parse_texts,
 )
 from domainlm.errors import DomainLMError
 
@@ -125,6 +126,13 @@ def train(
     batch_size: Annotated[int, Opt(help=shown("batch size", "batch_size"))] = None,
     grad_accum: Annotated[int, Opt(help=shown("gradient accumulation steps", "grad_accum"))] = None,
     tag_length: Annotated[int, Opt(help=shown("vectors per new tag (p)", "tag_length"))] = None,
+    tag_init_text: Annotated[
+        list[str],
+        Opt(
+            help="NAME=TEXT: a new tag starts as the embeddings of TEXT's tokens (e.g. FR=French), not the "
+            "paper's mean embedding; repeatable"
+        ),
+    ] = None,
     head_init: Annotated[
         str,
         Opt(
@@ -198,6 +206,7 @@ def train(
     """Train tags: domain tags from unlabelled text, or a function tag (+ head) on a labelled task."""
     flags = {k: v for k, v in locals().items() if k not in {"config", "resume", "overwrite", "task_option"}}
     flags["task_options"] = parse_key_values(task_option, "--task-option") or None
+    flags["tag_init_text"] = parse_texts(tag_init_text, "--tag-init-text") or None
     opts = merge([*flags, *FILE_ONLY_OPTIONS], load_config_file(config), flags)
     if not opts.get("out"):
         raise DomainLMError("--out is required: the run directory to write")

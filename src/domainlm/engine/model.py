@@ -17,7 +17,7 @@ from domainlm.engine import attention
 from domainlm.engine.encoding import IGNORE, EncodedExample, Encoder, LengthPolicy, check_fits
 from domainlm.engine.heads import Head, HeadSpec, read_out
 from domainlm.engine.library import TagLibrary, embedding_fingerprint, merge_libraries
-from domainlm.engine.tag_specs import TagSpec, initial_tag
+from domainlm.engine.tag_specs import TagSpec, initial_tag, text_tag
 from domainlm.errors import DomainLMError, InputError
 
 
@@ -91,8 +91,10 @@ class TaggedModel(nn.Module):
         label_std: float = 1.0,
         readout: str = "last",
         head_hidden: int = 0,
+        init_text: str | None = None,
     ) -> TagSpec:
-        """Register a tag initialised as in the paper; a function tag may carry a regression or n-way head."""
+        """Register a tag initialised as in the paper, or from the embeddings of `init_text`'s tokens; a
+        function tag may carry a regression or n-way head."""
         if name in self.specs:
             raise DomainLMError(f"tag <{name}> already exists")
         head_spec = None
@@ -113,7 +115,17 @@ class TaggedModel(nn.Module):
         # Gemma's embedding module multiplies its rows by sqrt(hidden): a tag must start at the norm of the
         # token vectors the model actually sees, not of the raw table.
         scale = float(getattr(embedding, "embed_scale", 1.0))
-        self._install(spec, initial_tag(embedding.weight, length) * scale)
+        if init_text is None:
+            self._install(spec, initial_tag(embedding.weight, length) * scale)
+            return spec
+        ids = self.tokenizer(init_text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise DomainLMError(f"tag <{name}>: its initial text {init_text!r} has no tokens")
+        with torch.no_grad():
+            self._install(
+                spec,
+                text_tag(embedding.weight[torch.tensor(ids, device=embedding.weight.device)] * scale, length),
+            )
         return spec
 
     def remove_tag(self, name: str) -> None:

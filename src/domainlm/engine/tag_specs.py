@@ -63,3 +63,13 @@ def initial_tag(embeddings: torch.Tensor, length: int) -> torch.Tensor:
     target_norm = emb.norm(dim=1).mean()
     vec = mean / mean.norm().clamp_min(1e-12) * target_norm
     return vec.unsqueeze(0).repeat(length, 1)
+
+
+def text_tag(token_vectors: torch.Tensor, length: int) -> torch.Tensor:
+    """A tag that starts as the embeddings of some words (e.g. "French" for <FR>), cycled to `length`
+    vectors, as PEFT's text initialisation of prompt tuning: the model already reads these vectors, which a
+    small model may need for a tag to steer it. `token_vectors`: [n_tokens, hidden], as the model sees."""
+    if len(token_vectors) == 0:
+        raise DomainLMError("a tag's initial text has no tokens")
+    index = torch.arange(length) % len(token_vectors)
+    return token_vectors.detach().float()[index]
