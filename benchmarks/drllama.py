@@ -25,6 +25,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from domainlm import io
+from domainlm.qa.students.prompt_fit import KEEP
 from serve_throughput import server_process
 
 HERE = Path(__file__).parent
@@ -97,7 +98,9 @@ def students(args, pqa: Path, modes: list[str], commands: list[str], env: dict) 
     for method in args.methods:
         for mode in modes:
             for seed in args.seeds:
-                cut = "" if args.keep_context == "start" else f"-keep{args.keep_context}"
+                cut = (
+                    "" if args.keep_context == KEEP[0] else f"-keep{args.keep_context}"
+                )  # the default: no suffix
                 run_dir = args.work / "runs" / f"{method}-{mode}-s{seed}{cut}"
                 if (run_dir / "metrics.json").is_file():
                     seconds[run_dir.name] = 0.0
@@ -154,7 +157,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--max-length", type=int, default=256, help="student tokens per item (context cut)")
-    ap.add_argument("--keep-context", choices=("start", "end"), default="start", help="context part kept")
+    ap.add_argument("--keep-context", choices=KEEP, default=KEEP[0], help="context part kept")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--grad-accum", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=16, help="teacher requests in flight")

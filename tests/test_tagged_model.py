@@ -252,11 +252,15 @@ def test_a_tag_starts_at_the_norm_of_the_token_vectors_the_model_sees():
 
 def test_a_tag_can_start_as_the_embeddings_of_words():
     tm = tagged("llama")
-    spec = tm.add_tag("FR", "domain", length=5, init_text="Fr")
+    tm.add_tag("FR", "domain", length=5, init_text="Fr")
     ids = tm.tokenizer("Fr", add_special_tokens=False)["input_ids"]
     emb = tm.base.get_input_embeddings().weight.detach()
-    expected = emb[[ids[i % len(ids)] for i in range(5)]]
-    assert spec.length == 5 and len(ids) < 5  # cycled, as PEFT's text initialisation
-    torch.testing.assert_close(tm.tag_vectors["FR"].detach(), expected)
+    vectors = tm.tag_vectors["FR"].detach()
+    assert len(ids) == 2  # the words end the tag; the paper's neutral vector fills the slots before them
+    torch.testing.assert_close(vectors[3:], emb[ids])
+    torch.testing.assert_close(vectors[:3], initial_tag(emb, 3))
+    tm.add_tag("Long", "domain", length=2, init_text="French text")  # longer than the tag: its first tokens
+    first = tm.tokenizer("French text", add_special_tokens=False)["input_ids"][:2]
+    torch.testing.assert_close(tm.tag_vectors["Long"].detach(), emb[first])
     with pytest.raises(DomainLMError, match="no tokens"):
         tm.add_tag("Empty", "domain", init_text="")

@@ -211,9 +211,9 @@ def test_a_new_tag_can_start_from_words(model_dir, tmp_path):
     assert res.exit_code == 0, res.output
     tokenizer, base = AutoTokenizer.from_pretrained(model), AutoModel.from_pretrained(model)
     ids = tokenizer("quality", add_special_tokens=False)["input_ids"]
-    words = base.get_input_embeddings().weight[[ids[i % len(ids)] for i in range(10)]].detach()
+    words = base.get_input_embeddings().weight[ids].detach()
     trained = load_file(tmp_path / "y" / "tags" / "tags.safetensors")["tag.Y"]
-    torch.testing.assert_close(trained, words, atol=1e-6, rtol=0)  # lr ~0: still the words' embeddings
+    torch.testing.assert_close(trained[-len(ids) :], words, atol=1e-6, rtol=0)  # lr ~0: still the words
     assert "tag_init_text:\n    Y: quality" in (tmp_path / "y" / "config.yaml").read_text()
     res = train_user_task(model, data, tmp_path / "z", "--tag-init-text", "Y")
     assert res.exit_code != 0 and "NAME=TEXT" in res.output

@@ -115,17 +115,15 @@ class TaggedModel(nn.Module):
         # Gemma's embedding module multiplies its rows by sqrt(hidden): a tag must start at the norm of the
         # token vectors the model actually sees, not of the raw table.
         scale = float(getattr(embedding, "embed_scale", 1.0))
-        if init_text is None:
-            self._install(spec, initial_tag(embedding.weight, length) * scale)
-            return spec
-        ids = self.tokenizer(init_text, add_special_tokens=False)["input_ids"]
-        if not ids:
-            raise DomainLMError(f"tag <{name}>: its initial text {init_text!r} has no tokens")
-        with torch.no_grad():
-            self._install(
-                spec,
-                text_tag(embedding.weight[torch.tensor(ids, device=embedding.weight.device)] * scale, length),
-            )
+        vectors = initial_tag(embedding.weight, length) * scale
+        if init_text is not None:
+            ids = self.tokenizer(init_text, add_special_tokens=False)["input_ids"]
+            if not ids:
+                raise DomainLMError(f"tag <{name}>: its initial text {init_text!r} has no tokens")
+            with torch.no_grad():
+                words = embedding.weight[torch.tensor(ids, device=embedding.weight.device)] * scale
+                vectors = text_tag(words, vectors[0], length)
+        self._install(spec, vectors)
         return spec
 
     def remove_tag(self, name: str) -> None:

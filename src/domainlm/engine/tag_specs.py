@@ -65,11 +65,15 @@ def initial_tag(embeddings: torch.Tensor, length: int) -> torch.Tensor:
     return vec.unsqueeze(0).repeat(length, 1)
 
 
-def text_tag(token_vectors: torch.Tensor, length: int) -> torch.Tensor:
-    """A tag that starts as the embeddings of some words (e.g. "French" for <FR>), cycled to `length`
-    vectors, as PEFT's text initialisation of prompt tuning: the model already reads these vectors, which a
-    small model may need for a tag to steer it. `token_vectors`: [n_tokens, hidden], as the model sees."""
+def text_tag(token_vectors: torch.Tensor, filler: torch.Tensor, length: int) -> torch.Tensor:
+    """A tag that starts as the embeddings of some words (e.g. " French" for <FR>), so that it begins as
+    something the model already reads, which a small model may need for a tag to steer it: the words end the
+    tag, after `length - n` copies of `filler` (the paper's neutral mean vector); a text of `length` tokens
+    or more gives its first `length`. Cycling the words to fill the tag, as PEFT's text initialisation of
+    prompt tuning does, makes a model repeat them ("translation: translation: ..."). `token_vectors`:
+    [n_tokens, hidden], as the model sees them; `filler`: [hidden]."""
     if len(token_vectors) == 0:
         raise DomainLMError("a tag's initial text has no tokens")
-    index = torch.arange(length) % len(token_vectors)
-    return token_vectors.detach().float()[index]
+    words = token_vectors.detach().float()[:length]
+    pad = filler.detach().float().reshape(1, -1).expand(length - len(words), -1)
+    return torch.cat([pad, words])
