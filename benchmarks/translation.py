@@ -32,6 +32,7 @@ from domainlm.corpus import CorpusSource
 from domainlm.engine.generation import Decoding
 from domainlm.engine.model import TaggedModel
 from domainlm.engine.template import Template
+from domainlm.langid import LanguageIdentifier
 from domainlm.tagruns import train_domain_tag, train_tagged_task
 from domainlm.tasks import get_task
 from domainlm.tasks.translation import (
@@ -130,6 +131,17 @@ def main(argv=None) -> dict:
     results: dict = {"rows": {}, "trainable_params": {}, "train_seconds": {}}
     if args.resume:
         results = finished_rows(out / "translation.json", vars(args), scored) or results
+    languages = sorted({x.tag for d in scored for x in d})
+    lid = LanguageIdentifier.from_tatoeba(args.data, languages, seed=args.seed)
+    results["langid_on_references"] = {
+        tag: lid.shares(test[LANGUAGES[tag]], tag)[tag] for tag in languages
+    }  # how far the language shares below can be trusted
+    for row, got in results["rows"].items():  # resumed rows scored before the language shares existed
+        for src, tgt in scored:
+            path = out / "generations" / f"{row}-{src.tag}-{tgt.tag}.txt"
+            if "in_target" not in got[f"{src.tag}-{tgt.tag}"] and path.is_file():
+                texts = path.read_text(encoding="utf-8").split("\n")[: len(subset)]
+                got[f"{src.tag}-{tgt.tag}"].update(language_shares(lid, texts, src, tgt))
     wanted = [r for r in rows if r not in results["rows"]]
     if len(wanted) < len(rows):
         print(f"resuming: kept the finished rows {', '.join(r for r in rows if r not in wanted)}", flush=True)
@@ -141,6 +153,7 @@ def main(argv=None) -> dict:
             io.write_text(out / "generations" / f"{row}-{src.tag}-{tgt.tag}.txt", "\n".join(gen.texts) + "\n")
             scores = translation_scores(gen.texts, test[tgt], spm)
             scores["gen_tokens_per_s"] = round(gen.tokens_per_s, 1)
+            scores.update(language_shares(lid, gen.texts, src, tgt))
             results["rows"][row][f"{src.tag}-{tgt.tag}"] = scores
             print(f"{row} {src.tag}-{tgt.tag}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
         io.write_json(out / "translation.json", {**results, "settings": vars(args)})
@@ -217,6 +230,12 @@ def main(argv=None) -> dict:
     return results
 
 
+def language_shares(lid: LanguageIdentifier, texts: list[str], src: Language, tgt: Language) -> dict:
+    """The fraction of translations in the target language, and in the source language (copies, mostly)."""
+    shares = lid.shares(texts, src.tag, tgt.tag)
+    return {"in_target": shares[tgt.tag], "in_source": shares[src.tag]}
+
+
 def init_words() -> dict[str, str]:
     return {**{tag: f" {LANGUAGES[tag].name}" for tag in STAGE1}, "Translate": TRANSLATE_WORDS}
 
@@ -229,7 +248,10 @@ def finished_rows(path: Path, settings: dict, scored) -> dict | None:
         return None
     earlier = io.read_json(path)
     free = {"resume", "out", "rows", "directions"}  # a resumed run may add rows or directions
-    changed = sorted(k for k in settings if k not in free and earlier["settings"].get(k) != settings[k])
+    defaults = vars(arguments(["--model", "", "--data", "", "--out", ""]))  # settings added since that run
+    changed = sorted(
+        k for k in settings if k not in free and earlier["settings"].get(k, defaults[k]) != settings[k]
+    )
     if changed:
         raise SystemExit(
             f"{path} was made with other settings ({', '.join(changed)}): drop --resume or --out"
@@ -298,6 +320,27 @@ def markdown(results: dict) -> str:
     for row, scores in results["rows"].items():
         lines.append(
             f"| {row} | " + " | ".join(f"{scores[d]['gen_tokens_per_s']:.1f}" for d in directions) + " |"
+        )
+    lines += [
+        "",
+        "## outputs in the target language (in the source language)",
+        "",
+        "Language of each output by a character n-gram classifier trained on Tatoeba (on these FLORES "
+        "references it finds "
+        + ", ".join(f"{t} {v:.0%}" for t, v in results.get("langid_on_references", {}).items())
+        + ").",
+        "",
+        "| row | " + " | ".join(directions) + " |",
+        "|---|" + "---:|" * len(directions),
+    ]
+    for row, scores in results["rows"].items():
+        shares = [scores[d] for d in directions]
+        lines.append(
+            f"| {row} | "
+            + " | ".join(
+                f"{s['in_target']:.0%} ({s['in_source']:.0%})" if "in_target" in s else "n/a" for s in shares
+            )
+            + " |"
         )
     if "tags_with_language_tags" in results["trainable_params"]:
         lines += [

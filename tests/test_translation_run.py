@@ -116,6 +116,8 @@ def test_the_bench_runs_end_to_end_on_a_tiny_model(model_dir, data_dir, tmp_path
     assert len(written) == 3 and written[-1] == ""  # one line per FLORES sentence
     md = (tmp_path / "translation.md").read_text()
     assert "python benchmarks/translation.py --model" in md and "| tags |" in md and "tokens/s" in md
+    assert 0 <= saved["rows"]["tags"]["IT-FR"]["in_target"] <= 1 and "in the target language" in md
+    assert saved["langid_on_references"]["FR"] == 1.0  # two FLORES lines, told apart
 
 
 def test_the_bench_resumes_from_its_finished_rows(model_dir, data_dir, tmp_path):
@@ -128,8 +130,12 @@ def test_the_bench_resumes_from_its_finished_rows(model_dir, data_dir, tmp_path)
         raise AssertionError("a finished row was trained again")
 
     bench.GenerativePeft = untouchable  # LoRA is finished: --resume must not train it again
+    saved = json.loads((tmp_path / "translation.json").read_text())
+    del saved["rows"]["lora"]["EN-FR"]["in_target"]  # as scored before the language shares existed
+    (tmp_path / "translation.json").write_text(json.dumps(saved))
     again = bench.main(args + tiny + ["--rows", "base_0shot,lora,base_3shot", "--resume"])  # adds a row
     assert list(again["rows"]) == ["base_0shot", "base_3shot", "lora"]
+    assert again["rows"]["lora"]["EN-FR"]["in_target"] == first["rows"]["lora"]["EN-FR"]["in_target"]
     assert (
         again["rows"]["lora"] == first["rows"]["lora"]
         and again["trainable_params"] == first["trainable_params"]
