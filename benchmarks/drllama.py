@@ -70,7 +70,7 @@ def augment(args, pqa: Path, modes: list[str], commands: list[str], env: dict) -
             command = domainlm(
                 "augment", "--mode", mode, "--teacher", url, "--model", name, "--data", pqa, "--out", out,
                 "--cache", args.work / "replies.sqlite", "--concurrency", args.concurrency,
-                "--max-tokens", args.max_tokens, "--no-progress",
+                "--max-tokens", args.max_tokens, "--timeout", args.timeout, "--no-progress",
             )  # fmt: skip
             if args.limit:
                 command += ["--limit", str(args.limit)]
@@ -161,6 +161,13 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--grad-accum", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=16, help="teacher requests in flight")
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="seconds a teacher request may take: a CPU teacher's full batch takes minutes, and a request "
+        "that times out is retried while the server still works on it",
+    )
     ap.add_argument("--max-tokens", type=int, default=256, help="most tokens per teacher reply")
     ap.add_argument("--limit", type=int, default=None, help="augment only the first N training items")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of every step")

@@ -49,23 +49,46 @@ def test_batched_greedy_answers_equal_unbatched_ones_in_one_generate_call(chat_m
     assert chat_model.generate_calls == [len(QUESTIONS)] and batcher.calls == 1
 
 
-def test_requests_group_by_sampling_parameters(chat_model):
+def test_greedy_and_sampled_requests_share_a_call_and_a_seed_repeats_whatever_the_neighbours(chat_model):
+    p = prompts(chat_model)
+    alone = chat_model.generate_encoded(p[1], temperature=0.7, n=2, seed=1)
+    assert alone == chat_model.generate_encoded(p[1], temperature=0.7, n=2, seed=1)  # seeded: it repeats
+    assert alone.completion_tokens == 2 * MAX_TOKENS[1]
     batcher = Batcher(chat_model, BatchSettings(window_ms=FOREVER_MS, max_batch_size=5))
     chat_model.generate_calls.clear()
-    p = prompts(chat_model)
     try:
         futures = [
             batcher.submit(p[0], temperature=0),
             batcher.submit(p[1], temperature=0.7, n=2, seed=1),  # two sequences
-            batcher.submit(p[2], temperature=0, top_p=0.5),  # greedy: top_p does not matter
-            batcher.submit(p[3], temperature=0.7, seed=1),
+            batcher.submit(p[2], temperature=1.3, top_p=0.5, seed=7),
+            batcher.submit(p[3], temperature=0.7, seed=2),
         ]
         results = [f.result(timeout=120) for f in futures]
     finally:
         batcher.close()
-    assert sorted(chat_model.generate_calls) == [2, 3] and batcher.sizes == {2: 2}
+    assert chat_model.generate_calls == [5] and batcher.sizes == {4: 1}  # one call, a row per sequence
     assert [len(r.texts) for r in results] == [1, 2, 1, 1]
-    assert results[1].completion_tokens == 2 * MAX_TOKENS[1]
+    assert results[1] == alone  # the same answers as alone, beside other prompts, seeds and temperatures
+    assert results[0] == chat_model.generate_encoded(p[0], temperature=0)
+
+
+def test_row_sampler_draws_each_row_from_its_own_stream_and_keeps_top_p():
+    import torch
+
+    from domainlm.augment.local_model import RowSampler
+
+    scores = torch.tensor([[2.0, 1.0, 0.0, -1.0]] * 3)
+    generators = [torch.Generator().manual_seed(s) for s in (0, 0, 1)]
+    drawn = RowSampler([1.0, 1.0, 0.0], [1.0, 0.5, 1.0], generators)(None, scores)
+    assert torch.equal(drawn[2], scores[2])  # temperature 0: greedy, untouched
+    for row in drawn[:2]:
+        assert torch.isfinite(row).sum() == 1  # the drawn token is the row's only choice
+    assert torch.isfinite(drawn[1]).nonzero().item() == 0  # top-p 0.5 leaves the most likely token alone
+    firsts = [
+        RowSampler([1.0], [1.0], [torch.Generator().manual_seed(3)])(None, scores[:1]).argmax().item()
+        for _ in range(2)
+    ]
+    assert firsts[0] == firsts[1]
 
 
 def test_concurrent_http_requests_share_one_generate_call(chat_model):

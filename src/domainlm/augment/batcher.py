@@ -1,10 +1,11 @@
 """Dynamic batching for `domainlm serve`: requests that arrive together share one `generate` call.
 
 A worker thread takes the first waiting request, keeps collecting for `window_ms` (or until `max_batch_size`
-sequences are waiting), then groups what it has by sampling parameters (all greedy requests together;
-sampled ones by temperature, top_p and seed) and runs each group as one left-padded `generate`. Each request
-gets its own completions, cut at its own `max_tokens`, with its own token counts. On a CPU or GPU one
-batched forward costs little more than one sequence's, so concurrency turns into throughput.
+sequences are waiting), then runs what it has as one left-padded `generate` (cut to what fits the context),
+greedy and sampled requests alike: each sampled row draws from its own seeded generator, so neighbours do not
+change an answer. Each request gets its own completions, cut at its own `max_tokens`, with its own token
+counts. On a CPU or GPU one batched forward costs little more than one sequence's, so concurrency turns into
+throughput.
 """
 
 from __future__ import annotations
@@ -44,11 +45,6 @@ class _Request:
     @property
     def rows(self) -> int:
         return self.n if self.temperature > 0 else 1
-
-    @property
-    def group(self) -> tuple:
-        # Greedy answers do not depend on top_p or the seed, so every greedy request can share a batch.
-        return ("greedy",) if self.temperature == 0 else ("sample", self.temperature, self.top_p, self.seed)
 
 
 _STOP = object()
@@ -108,12 +104,12 @@ class Batcher:
         return waiting, False
 
     def _batches(self, waiting: list[_Request]) -> list[list[_Request]]:
-        """Requests grouped by sampling parameters (arrival order kept), each group cut to the batch size and
-        to what fits the context once padded (the longest prompt plus the longest completion)."""
+        """The requests in arrival order, cut to the batch size and to what fits the context once padded (the
+        longest prompt plus the longest completion). Greedy and sampled requests, whatever their
+        temperature, top_p or seed, share a batch: each row samples on its own (local_model.RowSampler)."""
         context = getattr(self.model, "context_length", None)
-        groups: dict[tuple, list[list[_Request]]] = {}
+        chunks: list[list[_Request]] = [[]]
         for request in waiting:
-            chunks = groups.setdefault(request.group, [[]])
             chunk = chunks[-1]
             candidate = [*chunk, request]
             too_many = sum(r.rows for r in candidate) > self.limit
@@ -122,7 +118,7 @@ class Batcher:
                 chunks.append([request])
             else:
                 chunk.append(request)
-        return [chunk for chunks in groups.values() for chunk in chunks]
+        return chunks
 
     def _generate(self, batch: list[_Request]) -> None:
         self.calls += 1
@@ -136,13 +132,12 @@ class Batcher:
                     )
                 ]
             else:
-                head = batch[0]
                 results = self.model.generate_batch(
                     [r.prompt for r in batch],
                     n=[r.n for r in batch],
-                    temperature=head.temperature,
-                    top_p=head.top_p,
-                    seed=head.seed,
+                    temperature=[r.temperature for r in batch],
+                    top_p=[r.top_p for r in batch],
+                    seed=[r.seed for r in batch],
                 )
         except Exception as e:  # every request of the batch gets the error (the server answers 500)
             for r in batch:

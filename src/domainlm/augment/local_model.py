@@ -92,42 +92,54 @@ class LocalChatModel:
         prompts: list[Prompt],
         *,
         n: list[int] | None = None,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
+        temperature: float | list[float] = 1.0,
+        top_p: float | list[float] = 1.0,
+        seed: int | None | list[int | None] = None,
     ) -> list[Generation]:
         """One `generate` call for several prompts (left-padded), `n[i]` completions for prompt i, each cut
-        at its own `max_tokens`. Greedy rows equal what each prompt gives alone; sampled rows draw from one
-        random stream, so a seeded sampled answer repeats only when batched with the same neighbours."""
+        at its own `max_tokens`. `temperature`, `top_p` and `seed` are one value for all prompts or one per
+        prompt. Greedy rows (temperature 0) equal what each prompt gives alone; a sampled prompt draws from
+        its own generator, seeded by its seed: its answers do not depend on which prompts share the batch."""
         import torch
+        from transformers import LogitsProcessorList
 
-        n = n or [1] * len(prompts)
-        sample = temperature > 0
+        count = len(prompts)
+        n = n or [1] * count
+        temperature, top_p, seed = (_per_prompt(v, count) for v in (temperature, top_p, seed))
         eos = self.tokenizer.eos_token_id
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
         # Greedy decoding gives one answer per prompt (copied n times); sampling needs a row per completion.
-        rows = [p for p, k in zip(prompts, n, strict=True) for _ in range(k if sample else 1)]
+        taken = [k if t > 0 else 1 for k, t in zip(n, temperature, strict=True)]
+        owner = [i for i, k in enumerate(taken) for _ in range(k)]  # each row's prompt
+        rows = [prompts[i] for i in owner]
         width = max(p.length for p in rows)
         ids = [[pad] * (width - p.length) + p.encoded["input_ids"][0].tolist() for p in rows]
         mask = [[0] * (width - p.length) + [1] * p.length for p in rows]
         longest = max(p.max_tokens for p in rows)
-        kwargs = {"do_sample": sample, "max_new_tokens": longest, "pad_token_id": pad, "eos_token_id": eos}
-        if sample:
-            kwargs.update(temperature=temperature, top_p=top_p)
+        processors = LogitsProcessorList()
+        if any(t > 0 for t in temperature):
+            generators = [_generator(s, self.device) if t > 0 else None for s, t in zip(seed, temperature)]
+            processors.append(
+                RowSampler(
+                    [temperature[i] for i in owner], [top_p[i] for i in owner], [generators[i] for i in owner]
+                )
+            )
         with self._lock, torch.no_grad():
-            if seed is not None:
-                torch.manual_seed(seed)
             output = self.model.generate(
                 input_ids=torch.tensor(ids, device=self.device),
                 attention_mask=torch.tensor(mask, device=self.device),
-                **kwargs,
+                do_sample=False,  # RowSampler has drawn each sampled row's token; greedy then takes it
+                logits_processor=processors,
+                max_new_tokens=longest,
+                pad_token_id=pad,
+                eos_token_id=eos,
             )
         new = output[:, width:].tolist()
         results, row = [], 0
-        for prompt, k in zip(prompts, n, strict=True):
-            taken = new[row : row + k] if sample else new[row : row + 1] * k
-            row += k if sample else 1
-            results.append(self._decode(prompt, taken, eos))
+        for prompt, k, m in zip(prompts, n, taken, strict=True):
+            mine = new[row : row + m]
+            row += m
+            results.append(self._decode(prompt, mine if m == k else mine * k, eos))
         return results
 
     def _decode(self, prompt: Prompt, rows: list[list[int]], eos: int | None) -> Generation:
@@ -140,3 +152,47 @@ class LocalChatModel:
             finish.append("stop" if length < prompt.max_tokens else "length")
             texts.append(self.tokenizer.decode(tokens[:length], skip_special_tokens=True).strip())
         return Generation(texts, prompt.length, completion_tokens, finish)
+
+
+def _per_prompt(value, count: int) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value] * count
+
+
+def _generator(seed: int | None, device):
+    import torch
+
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()  # a fresh, unrepeatable stream, as an unseeded API request asks for
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+class RowSampler:
+    """A logits processor that samples each row's next token with the row's own temperature, top-p and
+    random generator, and leaves that token as the row's only finite logit (rows with temperature 0 keep
+    their logits: greedy). Transformers' own sampling draws every row from one random stream, so a seeded
+    answer would change with the requests batched beside it."""
+
+    def __init__(self, temperatures: list[float], top_ps: list[float], generators: list):
+        self.temperatures, self.top_ps, self.generators = temperatures, top_ps, generators
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        scores = scores.clone()
+        for row, (t, p, generator) in enumerate(zip(self.temperatures, self.top_ps, self.generators)):
+            if t <= 0:
+                continue
+            logits = scores[row].float() / t
+            if p < 1:
+                ordered, order = logits.sort(descending=True)
+                probs = ordered.softmax(-1)
+                # keep the most likely tokens until their mass reaches p (always the first)
+                ordered[probs.cumsum(-1) - probs >= p] = float("-inf")
+                logits = torch.full_like(logits, float("-inf")).scatter(0, order, ordered)
+            token = torch.multinomial(logits.softmax(-1), 1, generator=generator)
+            scores[row] = float("-inf")
+            scores[row, token] = 0.0
+        return scores
