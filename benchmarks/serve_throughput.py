@@ -90,8 +90,11 @@ def server_process(args, env, model_name: str = "bench", log: Path | None = None
         child.wait(timeout=60)
 
 
-async def load(url: str, concurrency: int, requests: int, max_tokens: int, offset: int) -> dict:
-    """`requests` greedy chat requests, at most `concurrency` in flight; completion tokens/s over the wall."""
+async def load(
+    url: str, concurrency: int, requests: int, max_tokens: int, offset: int, temperature: float = 0.0
+) -> dict:
+    """`requests` chat requests, at most `concurrency` in flight, greedy or sampled with a seed each (as
+    `augment` sends them); completion tokens/s over the wall."""
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(base_url=url, api_key="none", max_retries=0, timeout=3600)
@@ -102,7 +105,11 @@ async def load(url: str, concurrency: int, requests: int, max_tokens: int, offse
         async with gate:
             started = time.perf_counter()
             response = await client.chat.completions.create(
-                model="bench", messages=question(offset + k), max_tokens=max_tokens, temperature=0
+                model="bench",
+                messages=question(offset + k),
+                max_tokens=max_tokens,
+                temperature=temperature,
+                seed=offset + k,
             )
             latencies.append(time.perf_counter() - started)
             tokens.append(response.usage.completion_tokens)
@@ -122,7 +129,7 @@ async def load(url: str, concurrency: int, requests: int, max_tokens: int, offse
 
 
 def pure_generate(args) -> list[dict]:
-    """`generate_batch` on batches of the same kind of prompts, greedy, in this process."""
+    """`generate_batch` on batches of the same kind of prompts and sampling, in this process."""
     import torch
 
     from domainlm.augment.local_model import LocalChatModel
@@ -135,7 +142,7 @@ def pure_generate(args) -> list[dict]:
     for size in args.concurrency:
         prompts = [model.encode(question(1000 + k), args.max_tokens) for k in range(size)]
         started = time.perf_counter()
-        results = model.generate_batch(prompts, temperature=0)
+        results = model.generate_batch(prompts, temperature=args.temperature, seed=list(range(size)))
         wall = time.perf_counter() - started
         tokens = sum(r.completion_tokens for r in results)
         rows.append(
@@ -149,6 +156,12 @@ def pure_generate(args) -> list[dict]:
     return rows
 
 
+def sampling(temperature: float) -> str:
+    if not temperature:
+        return "Greedy requests"
+    return f"Sampled requests (temperature {temperature}, a seed each)"
+
+
 def markdown(report: dict) -> str:
     base_served = report["served"][0]["tokens_per_s"]
     base_pure = report["pure_generate"][0]["tokens_per_s"]
@@ -158,7 +171,8 @@ def markdown(report: dict) -> str:
         "",
         f"Command: `{report['command']}`",
         "",
-        f"Machine: {report['machine']}. Greedy requests, max_tokens {report['max_tokens']}, batch window "
+        f"Machine: {report['machine']}. {sampling(report.get('temperature', 0))}, "
+        f"max_tokens {report['max_tokens']}, batch window "
         f"{report['batch_window_ms']} ms, max batch size {report['max_batch_size']}.",
         "",
         "| concurrency | requests | generate calls | completion tokens | wall s | served tokens/s "
@@ -195,6 +209,9 @@ def main() -> None:
         "--requests", type=int, default=16, help="requests per level (at least the concurrency)"
     )
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument(
+        "--temperature", type=float, default=0.0, help="0: greedy; above: sampled, a seed per request"
+    )
     parser.add_argument("--batch-window-ms", type=float, default=10.0)
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None, help="torch threads for server and generate")
@@ -210,7 +227,8 @@ def main() -> None:
         asyncio.run(load(url, 1, 1, 4, offset=10_000))  # warm-up
         for k, level in enumerate(args.concurrency):
             before = httpx.get(f"{url[: -len('/v1')]}/stats").json()
-            row = asyncio.run(load(url, level, max(level, args.requests), args.max_tokens, offset=100 * k))
+            n = max(level, args.requests)
+            row = asyncio.run(load(url, level, n, args.max_tokens, 100 * k, args.temperature))
             after = httpx.get(f"{url[: -len('/v1')]}/stats").json()
             row["generate_calls"] = after["generate_calls"] - before["generate_calls"]
             row["requests_per_call"] = round(row["requests"] / max(1, row["generate_calls"]), 2)
@@ -226,6 +244,7 @@ def main() -> None:
         "command": "python benchmarks/serve_throughput.py " + shlex.join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}",
         "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
         "batch_window_ms": args.batch_window_ms,
         "max_batch_size": args.max_batch_size,
         "threads": args.threads,
