@@ -366,3 +366,15 @@ def test_rate_limiter_spaces_request_starts():
 
     asyncio.run(three())
     assert slept == pytest.approx([0.0, 0.5, 1.0])
+
+
+def test_the_cache_knows_a_local_teacher_by_its_url_less_the_port():
+    from domainlm.augment.reply_cache import request_key, teacher_identity
+
+    assert teacher_identity("http://127.0.0.1:43231/v1/") == "http://127.0.0.1/v1"
+    assert teacher_identity("http://[::1]:8000/v1") == "http://[::1]/v1"
+    assert teacher_identity("https://api.example.com:8443/v1") == "https://api.example.com:8443/v1"
+    assert teacher_identity("hf:/models/tiny") == "hf:/models/tiny"
+    ask = ([{"role": "user", "content": "q"}], {"temperature": 0.7}, 0)
+    assert request_key("http://localhost:1/v1", "m", *ask) == request_key("http://localhost:2/v1", "m", *ask)
+    assert request_key("http://localhost:1/v1", "m", *ask) != request_key("http://localhost:1/v1", "n", *ask)

@@ -15,6 +15,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from domainlm.errors import InputError
 
@@ -37,11 +38,31 @@ class Reply:
 def request_key(teacher: str, model: str, messages: list[dict], params: dict, sample: int) -> str:
     """Hash of everything that determines a reply: the teacher, model, prompt, parameters, sample index."""
     blob = json.dumps(
-        {"teacher": teacher, "model": model, "messages": messages, "params": params, "sample": sample},
+        {
+            "teacher": teacher_identity(teacher),
+            "model": model,
+            "messages": messages,
+            "params": params,
+            "sample": sample,
+        },
         sort_keys=True,
         ensure_ascii=False,
     )
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def teacher_identity(teacher: str) -> str:
+    """The teacher as the cache knows it: its URL, less the port when the server runs on this machine
+    (`domainlm serve` and benchmarks/drllama.py pick a free port each run; the model name, also in the key,
+    tells local servers apart)."""
+    url = urlsplit(teacher)
+    if url.scheme in ("http", "https") and url.hostname in LOOPBACK:
+        host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+        return urlunsplit((url.scheme, host, url.path.rstrip("/"), "", ""))
+    return teacher
 
 
 class ReplyCache:

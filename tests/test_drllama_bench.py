@@ -1,0 +1,39 @@
+"""benchmarks/drllama.py end to end on tiny models: export, a served teacher, augmentation, a student per
+mode, `domainlm compare`, and a rerun that keeps every finished step."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "drllama.py"
+
+
+@pytest.mark.slow
+def test_the_drllama_bench_runs_and_resumes(model_dir, data_dir, tmp_path):
+    model = str(model_dir("llama"))
+    command = [sys.executable, str(BENCH), "--data", str(data_dir), "--teacher", model, "--student", model]
+    command += ["--methods", "seqcls-lora", "--modes", "none,rewrite", "--limit", "3", "--epochs", "1"]
+    command += ["--max-length", "48", "--max-tokens", "8", "--threads", "1", "--concurrency", "3"]
+    command += ["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    first = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "drllama.json").read_text())
+    counts = result["augmentation"]["rewrite"]["counts"]
+    assert counts["requests_planned"] == 3 and counts["train_originals"] == 450
+    assert set(result["student_seconds"]) == {"seqcls-lora-none-s0", "seqcls-lora-rewrite-s0"}
+    assert (tmp_path / "out" / "compare" / "compare.md").is_file()
+    md = (tmp_path / "out" / "drllama.md").read_text()
+    assert "| rewrite | " in md and "domainlm finetune --method seqcls-lora" in md
+
+    again = subprocess.run(command, capture_output=True, text=True, env=env)  # everything is kept
+    assert again.returncode == 0, again.stderr[-3000:]
+    rerun = json.loads((tmp_path / "out" / "drllama.json").read_text())
+    assert rerun["student_seconds"] == {"seqcls-lora-none-s0": 0.0, "seqcls-lora-rewrite-s0": 0.0}
+    # the teacher came back on another port; its replies are still the cache's (refused requests are not)
+    answered = counts["requests_sent"] - counts["failed_requests"]
+    assert rerun["augmentation"]["rewrite"]["counts"]["replies_from_cache"] == answered > 0
