@@ -92,6 +92,9 @@ def arguments(argv=None):
     p.add_argument("--rows", default=",".join(ROWS), help=f"which of {', '.join(ROWS)}")
     p.add_argument("--directions", default=f"{TRAINED},{ZERO_SHOT}", help="directions scored")
     p.add_argument("--trained", default=TRAINED, help="directions <Translate> and the PEFT rows train on")
+    p.add_argument(
+        "--langid-sentences", type=int, default=2000, help="Tatoeba sentences per language for language ID"
+    )
     p.add_argument("--spm-model", default=None, help="a local FLORES SentencePiece model, for spBLEU")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="keep the finished rows of --out's translation.json")
@@ -132,7 +135,7 @@ def main(argv=None) -> dict:
     if args.resume:
         results = finished_rows(out / "translation.json", vars(args), scored) or results
     languages = sorted({x.tag for d in scored for x in d})
-    lid = LanguageIdentifier.from_tatoeba(args.data, languages, seed=args.seed)
+    lid = LanguageIdentifier.from_tatoeba(args.data, languages, args.langid_sentences, seed=args.seed)
     results["langid_on_references"] = {
         tag: lid.shares(test[LANGUAGES[tag]], tag)[tag] for tag in languages
     }  # how far the language shares below can be trusted
@@ -247,7 +250,13 @@ def finished_rows(path: Path, settings: dict, scored) -> dict | None:
     if not path.is_file():
         return None
     earlier = io.read_json(path)
-    free = {"resume", "out", "rows", "directions"}  # a resumed run may add rows or directions
+    free = {
+        "resume",
+        "out",
+        "rows",
+        "directions",
+        "langid_sentences",
+    }  # a resumed run may add rows or directions
     defaults = vars(arguments(["--model", "", "--data", "", "--out", ""]))  # settings added since that run
     changed = sorted(
         k for k in settings if k not in free and earlier["settings"].get(k, defaults[k]) != settings[k]
