@@ -12,7 +12,8 @@ from domainlm.textmetrics import translation_scores
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "translation.py"
 QUICK = ["--epochs", "1", "--batch-size", "4", "--grad-accum", "1"]
-LANGID = ["--langid-sentences", "200"]  # language ID of the bench's outputs, trained quickly
+# the bench at tiny settings; its language ID of the outputs trained on 200 sentences a language
+TINY = ["--flores-lines", "2", "--train-pairs", "8", "--max-new-tokens", "3", "--langid-sentences", "200"]
 
 
 @pytest.fixture(scope="module")
@@ -103,19 +104,7 @@ def load_bench(name: str):
 def test_the_bench_runs_end_to_end_on_a_tiny_model(model_dir, data_dir, tmp_path):
     bench = load_bench("translation_bench")
     args = ["--model", str(model_dir("llama")), "--data", str(data_dir), "--out", str(tmp_path)]
-    tiny = [
-        *LANGID,
-        "--flores-lines",
-        "2",
-        "--stage1-sentences",
-        "8",
-        "--train-pairs",
-        "8",
-        "--max-new-tokens",
-        "3",
-        "--langid-sentences",
-        "200",
-    ]
+    tiny = [*TINY, "--stage1-sentences", "8"]
     results = bench.main(args + tiny + ["--batch-size", "4"])
     directions = ["EN-FR", "FR-EN", "EN-DE", "DE-EN", "EN-IT", "IT-EN", "IT-FR", "ES-PT"]
     assert list(results["rows"]) == ["base_0shot", "base_3shot", "prompt_tuning", "lora", "tags"]
@@ -136,19 +125,7 @@ def test_the_bench_runs_end_to_end_on_a_tiny_model(model_dir, data_dir, tmp_path
 def test_the_bench_resumes_from_its_finished_rows(model_dir, data_dir, tmp_path):
     bench = load_bench("translation_bench_resume")
     args = ["--model", str(model_dir("llama")), "--data", str(data_dir), "--out", str(tmp_path)]
-    tiny = [
-        *LANGID,
-        "--flores-lines",
-        "2",
-        "--train-pairs",
-        "8",
-        "--max-new-tokens",
-        "3",
-        "--langid-sentences",
-        "200",
-        "--directions",
-        "en-fr",
-    ]
+    tiny = [*TINY, "--directions", "en-fr"]
     first = bench.main(args + tiny + ["--rows", "base_0shot,lora"])
 
     def untouchable(*a, **k):
@@ -172,19 +149,7 @@ def test_the_bench_resumes_from_its_finished_rows(model_dir, data_dir, tmp_path)
 def test_the_tags_row_can_reuse_stage1_language_tags(model_dir, data_dir, tmp_path):
     bench = load_bench("translation_bench_stage1")
     common = ["--model", str(model_dir("llama")), "--data", str(data_dir), "--rows", "tags"]
-    tiny = [
-        *LANGID,
-        "--flores-lines",
-        "2",
-        "--stage1-sentences",
-        "8",
-        "--train-pairs",
-        "8",
-        "--max-new-tokens",
-        "3",
-        "--langid-sentences",
-        "200",
-    ]
+    tiny = [*TINY, "--stage1-sentences", "8"]
     first = bench.main(
         common + tiny + ["--out", str(tmp_path / "a"), "--directions", "es-pt", "--tag-init", "words"]
     )
