@@ -109,7 +109,8 @@ def test_concurrent_http_requests_share_one_generate_call(chat_model):
             return (await client.get("/stats")).json()
 
     responses = asyncio.run(ask_all())
-    assert asyncio.run(stats()) == {"generate_calls": 1, "requests_per_call": {"3": 1}, "queue_peak": 3}
+    expected = {"generate_calls": 1, "requests_per_call": {"3": 1}, "queue_peak": 3, "abandoned": 0}
+    assert asyncio.run(stats()) == expected
     app.state.batcher.close()
     assert [r.status_code for r in responses] == [200, 200, 200]
     assert app.state.batcher.calls == 1 and app.state.batcher.sizes == {3: 1}
@@ -194,3 +195,23 @@ def test_batch_settings_are_checked_and_come_from_the_cli(monkeypatch, tmp_path)
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert seen["batching"] == BatchSettings(window_ms=5.0, max_batch_size=4)
+
+
+def test_a_request_whose_client_left_before_its_batch_is_dropped():
+    from domainlm.augment.batcher import ClientGone
+
+    model = Recorder()
+    batcher = Batcher(model, BatchSettings(window_ms=FOREVER_MS, max_batch_size=2))
+
+    async def gone():
+        return True
+
+    async def ask():
+        return await batcher.generate(fake_prompt("left", 1, 1), gone=gone, poll_s=0.01, temperature=0)
+
+    with pytest.raises(ClientGone):
+        asyncio.run(ask())  # its batch waits for company, and the client goes first
+    stayed = batcher.submit(fake_prompt("stayed", 1, 1), temperature=0)  # fills the batch
+    assert stayed.result(timeout=60) == "stayed"
+    batcher.close()
+    assert model.batches == [["stayed"]] and batcher.abandoned == 1

@@ -47,6 +47,10 @@ class _Request:
         return self.n if self.temperature > 0 else 1
 
 
+class ClientGone(Exception):
+    """The client of a waiting request disconnected; the request was not generated."""
+
+
 _STOP = object()
 
 
@@ -60,6 +64,7 @@ class Batcher:
         self.limit = self.settings.max_batch_size if hasattr(chat_model, "generate_batch") else 1
         self.calls = 0  # generate calls made
         self.sizes: Counter = Counter()  # requests per call -> how many calls
+        self.abandoned = 0  # requests dropped unstarted: their clients had gone
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="domainlm-batcher", daemon=True)
         self._thread.start()
@@ -69,8 +74,21 @@ class Batcher:
         self._queue.put(_Request(prompt, temperature, top_p, n, seed, future))
         return future
 
-    async def generate(self, prompt, **sampling):
-        return await asyncio.wrap_future(self.submit(prompt, **sampling))
+    async def generate(self, prompt, *, gone=None, poll_s: float = 0.5, **sampling):
+        """The request's Generation. `gone`: an async callable, true once the client has disconnected (a
+        client that timed out will send the request again); a request whose client is gone before its batch
+        starts is dropped, not generated, and raises ClientGone."""
+        future = self.submit(prompt, **sampling)
+        waiting = asyncio.wrap_future(future)
+        while gone is not None:
+            done, _ = await asyncio.wait({waiting}, timeout=poll_s)
+            if done:
+                break
+            if await gone():
+                future.cancel()  # a no-op once its batch has started: then it finishes, unread
+                waiting.cancel()
+                raise ClientGone("the client disconnected before its generation started")
+        return await waiting
 
     def close(self) -> None:
         self._queue.put(_STOP)
@@ -82,7 +100,10 @@ class Batcher:
             if first is _STOP:
                 return
             waiting, stop = self._collect(first)
-            for batch in self._batches(waiting):
+            # claim each request; one whose client went away meanwhile (cancelled) is dropped here
+            started = [r for r in waiting if r.future.set_running_or_notify_cancel()]
+            self.abandoned += len(waiting) - len(started)
+            for batch in self._batches(started) if started else []:
                 self._generate(batch)
             if stop:
                 return

@@ -20,13 +20,13 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from jinja2.exceptions import TemplateError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from domainlm.augment.batcher import Batcher, BatchSettings
+from domainlm.augment.batcher import Batcher, BatchSettings, ClientGone
 from domainlm.augment.local_model import PromptTooLong
 from domainlm.augment.server_limits import (
     BodySizeLimit,
@@ -165,10 +165,11 @@ def create_app(
             "generate_calls": batcher.calls,
             "requests_per_call": {str(k): v for k, v in sorted(batcher.sizes.items())},
             "queue_peak": queue.peak,
+            "abandoned": batcher.abandoned,  # requests dropped before generation: their clients had gone
         }
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorise)])
-    async def chat_completions(body: ChatRequest):
+    async def chat_completions(body: ChatRequest, request: Request):
         # Checked on the event loop, so a full queue answers at once however many requests wait.
         if body.model != model_name:
             raise APIError(
@@ -190,8 +191,15 @@ def create_app(
             )
             with queue:
                 result = await batcher.generate(
-                    prompt, temperature=body.temperature, top_p=body.top_p, n=body.n, seed=body.seed
+                    prompt,
+                    gone=request.is_disconnected,
+                    temperature=body.temperature,
+                    top_p=body.top_p,
+                    n=body.n,
+                    seed=body.seed,
                 )
+        except ClientGone:
+            return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
         except QueueFull as e:
             raise APIError(
                 429, f"the server is busy: {e}; retry later", "requests", "rate_limit_exceeded"
