@@ -89,6 +89,8 @@ def test_row_sampler_draws_each_row_from_its_own_stream_and_keeps_top_p():
         for _ in range(2)
     ]
     assert firsts[0] == firsts[1]
+    top1 = RowSampler([5.0] * 3, [1.0] * 3, [torch.Generator().manual_seed(s) for s in range(3)], top_k=1)
+    assert top1(None, scores).argmax(-1).tolist() == [0, 0, 0]  # top-k 1: the most likely token, however hot
 
 
 def test_concurrent_http_requests_share_one_generate_call(chat_model):

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+TRANSFORMERS_TOP_K = 50  # what generate() samples with when a model's generation config names no top_k
+
 
 class PromptTooLong(ValueError):
     """The prompt leaves no room to generate within the model's context length."""
@@ -119,9 +121,15 @@ class LocalChatModel:
         processors = LogitsProcessorList()
         if any(t > 0 for t in temperature):
             generators = [_generator(s, self.device) if t > 0 else None for s, t in zip(seed, temperature)]
+            # top-k is not in the OpenAI API: the model's generation config, else transformers' default
+            top_k = getattr(self.model.generation_config, "top_k", None)
+            top_k = TRANSFORMERS_TOP_K if top_k is None else top_k
             processors.append(
                 RowSampler(
-                    [temperature[i] for i in owner], [top_p[i] for i in owner], [generators[i] for i in owner]
+                    [temperature[i] for i in owner],
+                    [top_p[i] for i in owner],
+                    [generators[i] for i in owner],
+                    top_k=top_k,
                 )
             )
         with self._lock, torch.no_grad():
@@ -171,12 +179,14 @@ def _generator(seed: int | None, device):
 
 class RowSampler:
     """A logits processor that samples each row's next token with the row's own temperature, top-p and
-    random generator, and leaves that token as the row's only finite logit (rows with temperature 0 keep
-    their logits: greedy). Transformers' own sampling draws every row from one random stream, so a seeded
-    answer would change with the requests batched beside it."""
+    random generator (and a top-k shared by all rows, 0 for none), in transformers' order (temperature,
+    top-k, top-p), and leaves that token as the row's only finite logit (rows with temperature 0 keep their
+    logits: greedy). Transformers' own sampling draws every row from one random stream, so a seeded answer
+    would change with the requests batched beside it."""
 
-    def __init__(self, temperatures: list[float], top_ps: list[float], generators: list):
+    def __init__(self, temperatures: list[float], top_ps: list[float], generators: list, top_k: int = 0):
         self.temperatures, self.top_ps, self.generators = temperatures, top_ps, generators
+        self.top_k = top_k
 
     def __call__(self, input_ids, scores):
         import torch
@@ -186,6 +196,9 @@ class RowSampler:
             if t <= 0:
                 continue
             logits = scores[row].float() / t
+            if 0 < self.top_k < len(logits):
+                kth = logits.topk(self.top_k).values[-1]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
             if p < 1:
                 ordered, order = logits.sort(descending=True)
                 probs = ordered.softmax(-1)
