@@ -15,6 +15,8 @@ drllama.json, drllama.md and compare/ (table and plot) under --out; data and run
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import os
 import shlex
@@ -25,6 +27,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from domainlm import io
+from domainlm.qa.data import load_qa_dir
 from domainlm.qa.students.prompt_fit import KEEP
 from serve_throughput import server_process
 
@@ -92,20 +95,29 @@ def augment(args, pqa: Path, modes: list[str], commands: list[str], env: dict) -
     return manifests
 
 
-def students(args, pqa: Path, modes: list[str], commands: list[str], env: dict) -> dict[str, float]:
-    """Train and score every (method, mode, seed); returns each run's wall seconds (0 for a kept run)."""
-    seconds = {}
+def students(args, pqa: Path, modes: list[str], commands: list[str], env: dict) -> tuple[dict, dict]:
+    """Train and score every (method, mode, seed): (each run's wall seconds, 0 for a kept run; the runs not
+    trained because their mode's training data equals an earlier mode's, e.g. when the teacher's replies
+    were all filtered out -> the run that stands for them)."""
+    seconds, same = {}, {}
+    cut = "" if args.keep_context == KEEP[0] else f"-keep{args.keep_context}"  # the default: no suffix
     for method in args.methods:
-        for mode in modes:
-            for seed in args.seeds:
-                cut = (
-                    "" if args.keep_context == KEEP[0] else f"-keep{args.keep_context}"
-                )  # the default: no suffix
+        for seed in args.seeds:
+            trained_on: dict[str, str] = {}  # training data fingerprint -> the run trained on it
+            for mode in modes:
                 run_dir = args.work / "runs" / f"{method}-{mode}-s{seed}{cut}"
+                data = pqa if mode == "none" else args.work / f"aug-{mode}"
+                fingerprint = training_data(data)
+                if fingerprint in trained_on:
+                    same[run_dir.name] = trained_on[fingerprint]
+                    print(
+                        f"{run_dir.name}: the same training data as {same[run_dir.name]}; not trained again"
+                    )
+                    continue
+                trained_on[fingerprint] = run_dir.name
                 if (run_dir / "metrics.json").is_file():
                     seconds[run_dir.name] = 0.0
                     continue
-                data = pqa if mode == "none" else args.work / f"aug-{mode}"
                 command = domainlm(
                     "finetune", "--method", method, "--model", args.student, "--data", data, "--out", run_dir,
                     "--epochs", args.epochs, "--lr", args.lr, "--max-length", args.max_length,
@@ -119,7 +131,14 @@ def students(args, pqa: Path, modes: list[str], commands: list[str], env: dict) 
                 started = time.time()
                 run(command, commands, env)
                 seconds[run_dir.name] = round(time.time() - started, 1)
-    return seconds
+    return seconds, same
+
+
+def training_data(folder: Path) -> str:
+    """A fingerprint of a QA folder's train and dev items (what a student learns and is selected on)."""
+    splits = load_qa_dir(folder)
+    items = [dataclasses.asdict(item) for item in [*splits.train, *splits.dev]]
+    return hashlib.sha256(json.dumps(items, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def markdown(result: dict) -> str:
@@ -141,7 +160,12 @@ def markdown(result: dict) -> str:
             f"| {mode} | {c['requests_sent']} | {kept} | {c['train_total']} | {rejects} | "
             f"{m['usage_this_run']['completion_tokens']:,} | {m['seconds']} |"
         )
-    lines += ["", "## Students", "", result["compare_md"].split("\n", 2)[-1].strip(), "", "## Commands", ""]
+    lines += ["", "## Students", "", result["compare_md"].split("\n", 2)[-1].strip(), ""]
+    lines += [
+        f"{run}: its training set equals {other}'s (no other teacher item kept), so {other} stands for it."
+        for run, other in result["same_training_data"].items()
+    ]
+    lines += ["", "## Commands", ""]
     lines += [f"    {c}" for c in result["commands"]]
     return "\n".join(lines) + "\n"
 
@@ -186,7 +210,7 @@ def main() -> None:
     run(domainlm("data", "export", "pubmedqa", "--fold", 0, "--data", args.data, "--out", pqa), commands, env)
     started = time.time()
     manifests = augment(args, pqa, modes, commands, env)
-    seconds = students(args, pqa, modes, commands, env)
+    seconds, same = students(args, pqa, modes, commands, env)
     compare = args.out / "compare"
     runs = [args.work / "runs" / name for name in seconds]
     listed = [arg for path in runs for arg in ("--runs", path)]
@@ -198,6 +222,7 @@ def main() -> None:
         "settings": {k: v if not isinstance(v, Path) else str(v) for k, v in vars(args).items()},
         "augmentation": manifests,
         "student_seconds": seconds,
+        "same_training_data": same,
         "seconds": round(time.time() - started, 1),
         "compare": json.loads((compare / "compare.json").read_text()),
         "compare_md": (compare / "compare.md").read_text(),

@@ -25,15 +25,18 @@ def test_the_drllama_bench_runs_and_resumes(model_dir, data_dir, tmp_path):
     result = json.loads((tmp_path / "out" / "drllama.json").read_text())
     counts = result["augmentation"]["rewrite"]["counts"]
     assert counts["requests_planned"] == 3 and counts["train_originals"] == 450
-    assert set(result["student_seconds"]) == {"seqcls-lora-none-s0", "seqcls-lora-rewrite-s0"}
+    # a tiny random teacher writes nothing the filters keep: rewrite's training set is none's, trained once
+    assert counts["generated"] == {} and set(result["student_seconds"]) == {"seqcls-lora-none-s0"}
+    assert result["same_training_data"] == {"seqcls-lora-rewrite-s0": "seqcls-lora-none-s0"}
     assert (tmp_path / "out" / "compare" / "compare.md").is_file()
     md = (tmp_path / "out" / "drllama.md").read_text()
     assert "| rewrite | " in md and "domainlm finetune --method seqcls-lora" in md
+    assert "seqcls-lora-rewrite-s0: its training set equals seqcls-lora-none-s0's" in md
 
     again = subprocess.run(command, capture_output=True, text=True, env=env)  # everything is kept
     assert again.returncode == 0, again.stderr[-3000:]
     rerun = json.loads((tmp_path / "out" / "drllama.json").read_text())
-    assert rerun["student_seconds"] == {"seqcls-lora-none-s0": 0.0, "seqcls-lora-rewrite-s0": 0.0}
+    assert rerun["student_seconds"] == {"seqcls-lora-none-s0": 0.0}
     # the teacher came back on another port; its replies are still the cache's (refused requests are not)
     answered = counts["requests_sent"] - counts["failed_requests"]
     assert rerun["augmentation"]["rewrite"]["counts"]["replies_from_cache"] == answered > 0
