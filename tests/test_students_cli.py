@@ -255,3 +255,25 @@ def test_bad_input_is_a_clear_error(setup, tmp_path):
     assert code == 2 and "not a student run directory" in out
     code, out = run_cli("compare", "--runs", tmp_path / "nothing", "--out", tmp_path / "t")
     assert code == 2 and "no such run directory" in out
+
+
+def test_compare_merges_runs_that_differ_only_in_their_seed(runs, tmp_path):
+    import shutil
+
+    accuracies = []
+    for seed in (0, 1):
+        run = shutil.copytree(runs / "seqcls-lora", tmp_path / "runs" / f"s{seed}")
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        (run / "config.yaml").write_text(yaml.safe_dump({**config, "seed": seed}))
+        metrics = json.loads((run / "metrics.json").read_text())
+        metrics["splits"]["test"]["accuracy"] = 0.5 + 0.1 * seed
+        accuracies.append(metrics["splits"]["test"]["accuracy"])
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    code, out = run_cli("compare", "--runs", tmp_path / "runs", "--out", tmp_path / "table")
+    assert code == 0, out
+    rows = json.loads((tmp_path / "table" / "compare.json").read_text())["rows"]
+    (ours,) = [r for r in rows if r["kind"] == "ours"]
+    assert ours["seeds"] == 2 and ours["accuracy"] == pytest.approx(0.55)
+    assert ours["accuracy_std"] == pytest.approx(0.0707, abs=1e-4) and ours["macro_f1_std"] == 0.0
+    assert len(ours["run"]) == 2
+    assert "| 0.550 ± 0.071 |" in (tmp_path / "table" / "compare.md").read_text()

@@ -1,10 +1,11 @@
-"""One table of student runs (student x augmentation x method) beside the majority class and published
-figures."""
+"""One table of student runs (student x augmentation x method; runs that differ only in their seed as mean ±
+standard deviation) beside the majority class and published figures."""
 
 from __future__ import annotations
 
 import glob
 import json
+import statistics
 from pathlib import Path
 
 import yaml
@@ -27,8 +28,12 @@ COLUMNS = (
     "parse_failures",
     "dev_accuracy",
     "trainable_parameters",
+    "seeds",
     "run",
 )
+# What makes two runs the same setting, seeds apart; their rows merge into one (mean and standard deviation)
+SETTING = ("student", "method", "augmentation", "teacher", "data", "decoding", "trainable_parameters")
+SPREAD = ("accuracy", "macro_f1", "dev_accuracy")
 
 
 def find_runs(patterns: list[str]) -> list[Path]:
@@ -70,6 +75,7 @@ def run_row(path: Path) -> dict | None:
         "parse_failures": test.get("parse_failures"),
         "dev_accuracy": dev.get("accuracy"),
         "trainable_parameters": resolved.get("parameters", {}).get("trainable"),
+        "seeds": 1,
         "run": str(path),
         "_majority": report.get("majority", {}).get("test"),
     }
@@ -114,12 +120,35 @@ def compare_runs(patterns: list[str], out: str | Path) -> list[dict]:
         }
         for a in PUBLISHED
     ]
-    rows = [{c: r.get(c) for c in COLUMNS} for r in [*ours, *baselines.values(), *published]]
+    ours = merge_seeds(ours)
+    spread = [f"{m}_std" for m in SPREAD]
+    rows = [{c: r.get(c) for c in (*COLUMNS, *spread)} for r in [*ours, *baselines.values(), *published]]
     out = Path(out)
     io.write_json(out / "compare.json", {"rows": rows, "published_source": SOURCE})
     io.write_text(out / "compare.md", markdown(rows))
     plot(rows, out / "compare.png")
     return rows
+
+
+def merge_seeds(rows: list[dict]) -> list[dict]:
+    """One row per setting: runs that differ only in their seed become the mean over them, with the sample
+    standard deviation (`<metric>_std`), the number of seeds, parse failures summed and the runs listed."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[c] for c in SETTING), []).append(row)
+    merged = []
+    for same in groups.values():
+        row = dict(same[0])
+        if len(same) > 1:
+            for metric in SPREAD:
+                values = [r[metric] for r in same if r[metric] is not None]
+                row[metric] = statistics.fmean(values) if values else None
+                row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else None
+            failures = [r["parse_failures"] for r in same if r["parse_failures"] is not None]
+            row["parse_failures"] = sum(failures) if failures else None
+            row["seeds"], row["run"] = len(same), [r["run"] for r in same]
+        merged.append(row)
+    return merged
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -148,11 +177,11 @@ def _aug_rank(name: str) -> int:
 def markdown(rows: list[dict]) -> str:
     header = (
         "| | student | method | augmentation | teacher | data | decoding | test accuracy | test macro-F1 | "
-        "parse failures | dev accuracy | trainable params |"
+        "parse failures | dev accuracy | trainable params | seeds |"
     )
-    lines = ["# PubMedQA students", "", header, "|" + "---|" * 12]
+    lines = ["# PubMedQA students", "", header, "|" + "---|" * 13]
     for r in rows:
-        cells = [_cell(column, r[column]) for column in COLUMNS if column != "run"]
+        cells = [_cell(column, r[column], r.get(f"{column}_std")) for column in COLUMNS if column != "run"]
         lines.append("| " + " | ".join("-" if c is None else str(c) for c in cells) + " |")
     lines += [
         "",
@@ -162,9 +191,11 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cell(column: str, value):
+def _cell(column: str, value, std=None):
     if column == "trainable_parameters":
         return f"{value:,}" if value else None
-    if column in {"accuracy", "macro_f1", "dev_accuracy"}:
-        return None if value is None else f"{value:.3f}"
+    if column in SPREAD:
+        if value is None:
+            return None
+        return f"{value:.3f}" if std is None else f"{value:.3f} ± {std:.3f}"
     return value
