@@ -101,13 +101,14 @@ def students(args, pqa: Path, modes: list[str], commands: list[str], env: dict) 
     were all filtered out -> the run that stands for them)."""
     seconds, same = {}, {}
     cut = "" if args.keep_context == KEEP[0] else f"-keep{args.keep_context}"  # the default: no suffix
+    folders = {mode: pqa if mode == "none" else args.work / f"aug-{mode}" for mode in modes}
+    fingerprints = {mode: training_data(folder) for mode, folder in folders.items()}
     for method in args.methods:
         for seed in args.seeds:
             trained_on: dict[str, str] = {}  # training data fingerprint -> the run trained on it
             for mode in modes:
                 run_dir = args.work / "runs" / f"{method}-{mode}-s{seed}{cut}"
-                data = pqa if mode == "none" else args.work / f"aug-{mode}"
-                fingerprint = training_data(data)
+                data, fingerprint = folders[mode], fingerprints[mode]
                 if fingerprint in trained_on:
                     same[run_dir.name] = trained_on[fingerprint]
                     print(

@@ -250,13 +250,8 @@ def finished_rows(path: Path, settings: dict, scored) -> dict | None:
     if not path.is_file():
         return None
     earlier = io.read_json(path)
-    free = {
-        "resume",
-        "out",
-        "rows",
-        "directions",
-        "langid_sentences",
-    }  # a resumed run may add rows or directions
+    # a resumed run may add rows or directions; the language ID only reads the outputs
+    free = {"resume", "out", "rows", "directions", "langid_sentences"}
     defaults = vars(arguments(["--model", "", "--data", "", "--out", ""]))  # settings added since that run
     changed = sorted(
         k for k in settings if k not in free and earlier["settings"].get(k, defaults[k]) != settings[k]

@@ -179,33 +179,30 @@ def _generator(seed: int | None, device):
 
 class RowSampler:
     """A logits processor that samples each row's next token with the row's own temperature, top-p and
-    random generator (and a top-k shared by all rows, 0 for none), in transformers' order (temperature,
-    top-k, top-p), and leaves that token as the row's only finite logit (rows with temperature 0 keep their
-    logits: greedy). Transformers' own sampling draws every row from one random stream, so a seeded answer
-    would change with the requests batched beside it."""
+    random generator (and a top-k shared by all rows, 0 for none), through transformers' own warpers in
+    their order (temperature, top-k, top-p), and leaves that token as the row's only finite logit (rows with
+    temperature 0 keep their logits: greedy). Transformers' own sampling draws every row from one random
+    stream, so a seeded answer would change with the requests batched beside it."""
 
     def __init__(self, temperatures: list[float], top_ps: list[float], generators: list, top_k: int = 0):
-        self.temperatures, self.top_ps, self.generators = temperatures, top_ps, generators
-        self.top_k = top_k
+        from transformers import TopKLogitsWarper, TopPLogitsWarper
+
+        self.temperatures, self.generators = temperatures, generators
+        self.top_k = TopKLogitsWarper(top_k) if top_k > 0 else None
+        self.top_p = [TopPLogitsWarper(p) if p < 1 else None for p in top_ps]
 
     def __call__(self, input_ids, scores):
         import torch
 
         scores = scores.clone()
-        for row, (t, p, generator) in enumerate(zip(self.temperatures, self.top_ps, self.generators)):
+        for row, (t, top_p, generator) in enumerate(zip(self.temperatures, self.top_p, self.generators)):
             if t <= 0:
                 continue
-            logits = scores[row].float() / t
-            if 0 < self.top_k < len(logits):
-                kth = logits.topk(self.top_k).values[-1]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            if p < 1:
-                ordered, order = logits.sort(descending=True)
-                probs = ordered.softmax(-1)
-                # keep the most likely tokens until their mass reaches p (always the first)
-                ordered[probs.cumsum(-1) - probs >= p] = float("-inf")
-                logits = torch.full_like(logits, float("-inf")).scatter(0, order, ordered)
-            token = torch.multinomial(logits.softmax(-1), 1, generator=generator)
+            logits = scores[row : row + 1].float() / t
+            for warp in (self.top_k, top_p):
+                if warp is not None:
+                    logits = warp(input_ids, logits)
+            token = torch.multinomial(logits.softmax(-1)[0], 1, generator=generator)
             scores[row] = float("-inf")
             scores[row, token] = 0.0
         return scores

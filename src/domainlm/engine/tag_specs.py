@@ -71,9 +71,7 @@ def text_tag(token_vectors: torch.Tensor, filler: torch.Tensor, length: int) -> 
     tag, after `length - n` copies of `filler` (the paper's neutral mean vector); a text of `length` tokens
     or more gives its first `length`. Cycling the words to fill the tag, as PEFT's text initialisation of
     prompt tuning does, makes a model repeat them ("translation: translation: ..."). `token_vectors`:
-    [n_tokens, hidden], as the model sees them; `filler`: [hidden]."""
-    if len(token_vectors) == 0:
-        raise DomainLMError("a tag's initial text has no tokens")
+    [n_tokens, hidden] (at least one), as the model sees them; `filler`: [hidden]."""
     words = token_vectors.detach().float()[:length]
     pad = filler.detach().float().reshape(1, -1).expand(length - len(words), -1)
     return torch.cat([pad, words])
