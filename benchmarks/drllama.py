@@ -69,11 +69,12 @@ def augment(args, pqa: Path, modes: list[str], commands: list[str], env: dict) -
     manifests = {}
     with server_process(served, env, model_name=name, log=args.work / "teacher.log") as url:
         for mode in wanted:
-            out = args.work / f"aug-{mode}"
+            out = args.work / f"aug-{mode}{variant(args)}"
             command = domainlm(
                 "augment", "--mode", mode, "--teacher", url, "--model", name, "--data", pqa, "--out", out,
                 "--cache", args.work / "replies.sqlite", "--concurrency", args.concurrency,
                 "--max-tokens", args.max_tokens, "--timeout", args.timeout, "--no-progress",
+                "--prompt-style", args.prompt_style,
             )  # fmt: skip
             if args.limit:
                 command += ["--limit", str(args.limit)]
@@ -89,10 +90,19 @@ def augment(args, pqa: Path, modes: list[str], commands: list[str], env: dict) -
             manifests[mode] = {
                 "counts": manifest["counts"],
                 "rejects_by_reason": manifest["rejects_by_reason"],
+                "usage": manifest["usage"],  # every reply used, this run's or the cache's
                 "usage_this_run": manifest["usage_this_run"],
                 "seconds": round(time.time() - started, 1),
             }
     return manifests
+
+
+def variant(args) -> str:
+    """What tells this teacher setting's folders apart; none for the first setting run (the 135M instruction
+    model with chat prompts), whose folders predate the option."""
+    parts = [] if args.teacher == "smollm2-135m" else [Path(args.teacher).name]
+    parts += [] if args.prompt_style == "chat" else [args.prompt_style]
+    return "".join(f"-{p}" for p in parts)
 
 
 def students(args, pqa: Path, modes: list[str], commands: list[str], env: dict) -> tuple[dict, dict]:
@@ -101,13 +111,14 @@ def students(args, pqa: Path, modes: list[str], commands: list[str], env: dict) 
     were all filtered out -> the run that stands for them)."""
     seconds, same = {}, {}
     cut = "" if args.keep_context == KEEP[0] else f"-keep{args.keep_context}"  # the default: no suffix
-    folders = {mode: pqa if mode == "none" else args.work / f"aug-{mode}" for mode in modes}
+    folders = {mode: pqa if mode == "none" else args.work / f"aug-{mode}{variant(args)}" for mode in modes}
     fingerprints = {mode: training_data(folder) for mode, folder in folders.items()}
     for method in args.methods:
         for seed in args.seeds:
             trained_on: dict[str, str] = {}  # training data fingerprint -> the run trained on it
             for mode in modes:
-                run_dir = args.work / "runs" / f"{method}-{mode}-s{seed}{cut}"
+                teacher = "" if mode == "none" else variant(args)  # no teacher: runs shared by every setting
+                run_dir = args.work / "runs" / f"{method}-{mode}{teacher}-s{seed}{cut}"
                 data, fingerprint = folders[mode], fingerprints[mode]
                 if fingerprint in trained_on:
                     same[run_dir.name] = trained_on[fingerprint]
@@ -143,12 +154,17 @@ def training_data(folder: Path) -> str:
 
 
 def markdown(result: dict) -> str:
+    style = result["settings"].get("prompt_style", "chat")
     lines = [
-        f"# Dr. LLaMA on local models: teacher {result['teacher']}, student {result['student']}",
+        f"# Dr. LLaMA on local models: teacher {result['teacher']} ({style} prompts), "
+        f"student {result['student']}",
         "",
         f"PubMedQA official split, fold 0 as dev; test = the official 500. {result['machine']}.",
         "",
         "## Augmentation (teacher replies through the filters)",
+        "",
+        "Requests and seconds are this run's (a rerun takes its replies from the cache); completion tokens "
+        "are those of every reply used.",
         "",
         "| mode | requests | generated kept | train total | rejects by reason | completion tokens | s |",
         "|---|---|---|---|---|---|---|",
@@ -159,7 +175,7 @@ def markdown(result: dict) -> str:
         rejects = ", ".join(f"{k} {v}" for k, v in m["rejects_by_reason"].items() if v) or "none"
         lines.append(
             f"| {mode} | {c['requests_sent']} | {kept} | {c['train_total']} | {rejects} | "
-            f"{m['usage_this_run']['completion_tokens']:,} | {m['seconds']} |"
+            f"{m.get('usage', m['usage_this_run'])['completion_tokens']:,} | {m['seconds']} |"
         )
     lines += ["", "## Students", "", result["compare_md"].split("\n", 2)[-1].strip(), ""]
     lines += [
@@ -194,6 +210,12 @@ def main() -> None:
         "that times out is retried while the server still works on it",
     )
     ap.add_argument("--max-tokens", type=int, default=256, help="most tokens per teacher reply")
+    ap.add_argument(
+        "--prompt-style",
+        choices=("chat", "fewshot"),
+        default="chat",
+        help="teacher prompts: chat (JSON replies) or fewshot (completions, for base models)",
+    )
     ap.add_argument("--limit", type=int, default=None, help="augment only the first N training items")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of every step")
     ap.add_argument("--work", type=Path, default=HERE / "cache" / "drllama")

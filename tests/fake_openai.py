@@ -42,14 +42,15 @@ def field_in_prompt(body: dict, name: str) -> str | None:
 
 
 def paraphrase(body: dict, attempt: int = 0) -> FakeResponse:
-    """A valid reply for the packaged prompts: the question reworded per seed, the label kept. Three words
+    """A valid reply for the packaged prompts: the question reworded per seed, the label kept. Three numbers
     drawn from a hash of the request make every reply its own (no near duplicate of another, by word
-    Jaccard), however alike the test items' questions are."""
+    Jaccard), however alike the test items' questions are; numbers are no content words, so the reply stays
+    as grounded in its source as the question it repeats."""
     rewrite = field_in_prompt(body, "Question")
     question = rewrite or field_in_prompt(body, "Example question") or "the topic"
     label = field_in_prompt(body, "Final decision") or "yes"
     kind = "in other words" if rewrite else "a related question"
-    tags = " ".join(f"k{body_key(body)[i : i + 4]}" for i in (0, 4, 8))
+    tags = " ".join(str(int(body_key(body)[i : i + 4], 16)) for i in (0, 4, 8))
     reply = {
         "question": f"Variant {body.get('seed', 0)}, {kind} ({tags}): {question}",
         "answer": f"The context supports {label} for this question.",

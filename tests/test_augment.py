@@ -11,6 +11,7 @@ import pytest
 
 from domainlm.augment import AugmentConfig, extract_json, judge_reply, make_teacher, run_augment
 from domainlm.augment.pipeline import RateLimiter, backoff_delay
+from domainlm.augment.prompts import load_template
 from domainlm.errors import InputError
 from domainlm.qa import QAItem, QASplits, load_qa_dir, write_qa_jsonl
 from fake_openai import FakeResponse, FakeTeacherServer, field_in_prompt, paraphrase
@@ -23,7 +24,7 @@ def make_items(count: int, prefix: str = "i") -> list[QAItem]:
         QAItem(
             f"{prefix}{k}",
             f"Does factor {k} change outcome {k}?",
-            f"Context {k} says things.",
+            f"Context {k}: factor {k} may change outcome {k}.",
             LABEL_CYCLE[k % 3],
             f"Long answer {k}.",
         )
@@ -85,7 +86,10 @@ EXPECTED_REJECTS = {
 
 
 def config(**kw):
-    base = dict(mode="rewrite", model="fake-teacher", n=2, concurrency=4, backoff=0.01, seed=0)
+    # min_grounding 0: the scripted questions are about nothing; off_topic has its own test
+    base = dict(
+        mode="rewrite", model="fake-teacher", n=2, concurrency=4, backoff=0.01, seed=0, min_grounding=0
+    )
     return AugmentConfig(**{**base, **kw})
 
 
@@ -198,6 +202,37 @@ def test_bad_template_fields(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[prompt]\nQ: {question}\nA:\n[stop]\n"\\n"\nnot json', "line 2: 'not json' is not a JSON string"),
+        ('[prompt]\nQ: {question}\n[stop]\n""', "line 1"),  # an empty stop sequence
+        ("[prompt]\nQ: {question}\n[user]\nand a chat turn", "no \\[system\\] or \\[user\\]"),
+        ('[user]\nQ: {question}\n[stop]\n"###"', "belong to \\[prompt\\] templates|not chat ones"),
+    ],
+)
+def test_bad_completion_templates_name_the_file(tmp_path, text, message):
+    (tmp_path / "rewrite.txt").write_text(text)
+    with pytest.raises(InputError, match=message) as e:
+        load_template("rewrite", tmp_path)
+    assert str(tmp_path / "rewrite.txt") in str(e.value)
+
+
+def test_completion_template_renders_text_and_stop_sequences(tmp_path):
+    (tmp_path / "rewrite.txt").write_text(
+        '[prompt]\nQuestion: {question}\nRewritten:\n[stop]\n"###"\n"\\n\\n"\n'
+    )
+    template = load_template("rewrite", tmp_path)
+    item = make_items(1)[0]
+    assert template.is_completion and template.stop == ("###", "\n\n")
+    assert template.render(item) == f"Question: {item.question}\nRewritten:"
+    for mode in ("rewrite", "new"):  # the packaged few-shot templates end where the teacher's layout starts
+        packaged = load_template(mode, style="fewshot")
+        assert packaged.stop == ("###",) and packaged.render(item).endswith(":")
+    with pytest.raises(InputError, match="unknown prompt style 'json'"):
+        config(prompt_style="json")
+
+
+@pytest.mark.parametrize(
     ("text", "question"),
     [
         ('{"question": "Q?", "answer": "A.", "label": "yes"}', "Q?"),
@@ -231,7 +266,8 @@ def test_extract_json(text, question):
     ],
 )
 def test_replies_without_json_are_read_from_labelled_lines(text, expected):
-    verdict = judge_reply(text, QAItem("p", "Is it?", "ctx", "no", "Because."), "new", 0)
+    parent = QAItem("p", "Is it?", "X may lower Y; it is safe.", "no", "Because.")
+    verdict = judge_reply(text, parent, "new", 0)
     assert (verdict.item.question, verdict.item.long_answer, verdict.item.label) == expected
     prose = judge_reply("The final response is a JSON object.", QAItem("p", "Is it?", "c", "no"), "new", 0)
     assert prose.reason == "unparseable" and "Question:" in prose.detail

@@ -36,7 +36,8 @@ def splits() -> QASplits:
         (b"\xff\xfe", "not JSON"),
         (b"[1, 2]", "JSON list"),
         (b'{"choices": null}', "no choices"),
-        (b'{"choices": ["text"]}', "no message content"),
+        (b'{"choices": ["text"]}', "no message content or text"),
+        (b'{"choices": [{"text": 7}]}', "no message content or text"),
         (b'{"choices": [{"message": {"content": null}}]}', "no message content"),
         (b'{"error": "quota"}', "error with HTTP 200: quota"),
         (b'{"choices": [{"message": {"content": "  "}}]}', "empty content"),
@@ -45,6 +46,10 @@ def splits() -> QASplits:
 def test_malformed_bodies_are_retryable(body, message):
     with pytest.raises(MalformedReply, match=message):
         parse_completion(body)
+
+
+def test_a_completions_body_is_read_from_its_text():
+    assert parse_completion(b'{"object": "text_completion", "choices": [{"text": " yes"}]}').text == " yes"
 
 
 def test_odd_usage_reads_as_zero():

@@ -13,7 +13,13 @@ from domainlm.errors import InputError
 from domainlm.qa import QAItem, QASplits, load_qa_dir
 from fake_openai import FakeResponse, FakeTeacherServer, field_in_prompt
 
-PARENT = QAItem("p", "Does aspirin lower the risk of stroke in elderly patients?", "ctx", "yes", "It does.")
+PARENT = QAItem(
+    "p",
+    "Does aspirin lower the risk of stroke in elderly patients?",
+    "In a cohort of elderly patients, taking aspirin daily reduced the chance of a stroke.",
+    "yes",
+    "It does.",
+)
 
 
 def reply(question, label="yes", answer="A fresh answer."):
@@ -32,6 +38,7 @@ def reply(question, label="yes", answer="A fresh answer."):
         (reply("Is it safe?", answer=" ".join(["so"] * 257)), "new", "too_long"),
         (reply("does aspirin lower the risk of stroke in elderly patients"), "new", "copy"),
         (reply("Does aspirin lower the risk of a stroke in elderly patients?"), "rewrite", "near_copy"),
+        (reply("Does telephone counselling lower perinatal mortality?"), "new", "off_topic"),  # 1 of 5 words
     ],
 )
 def test_each_reply_filter(text, mode, reason):
@@ -43,9 +50,18 @@ def test_a_real_paraphrase_is_kept_and_thresholds_are_settable():
     assert judge_reply(paraphrase, PARENT, "rewrite", 0).item is not None
     near = reply("Does aspirin lower the risk of a stroke in elderly patients?")
     assert judge_reply(near, PARENT, "rewrite", 0, Filters(near_duplicate=1.0)).item is not None
-    long_question = reply(" ".join(["word"] * 65) + "?")
+    long_question = reply(" ".join(["stroke"] * 65) + "?")
     assert judge_reply(long_question, PARENT, "new", 0, Filters(max_question_words=100)).item is not None
-    for bad in ({"near_duplicate": 0}, {"near_duplicate": 1.5}, {"max_answer_words": 0}):
+    off_topic = reply("Does telephone counselling lower perinatal mortality?")
+    assert judge_reply(off_topic, PARENT, "new", 0, Filters(min_grounding=0.2)).item is not None
+    assert judge_reply(off_topic, PARENT, "new", 0, Filters(min_grounding=0)).item is not None
+    assert "20% of the question's content words" in judge_reply(off_topic, PARENT, "new", 0).detail
+    for bad in (
+        {"near_duplicate": 0},
+        {"near_duplicate": 1.5},
+        {"max_answer_words": 0},
+        {"min_grounding": 2},
+    ):
         with pytest.raises(InputError):
             Filters(**bad)
     with pytest.raises(InputError, match="near_duplicate"):
@@ -89,7 +105,11 @@ def test_duplicates_across_items_and_provenance_in_the_manifest(tmp_path):
         "Does item 3 concern shifts?",
         "Item 4: do night shifts raise the rate of metabolic syndrome in nurses?",
     ]
-    train = [QAItem(f"o{k}", q, f"Context {k}.", "yes", "Yes.") for k, q in enumerate(originals)]
+    context = (
+        "Smoking is tied to the onset of bladder cancer in older men; night shifts raise the rate of "
+        "metabolic syndrome in nurses; after hip surgery, walking early speeds recovery."
+    )
+    train = [QAItem(f"o{k}", q, f"Context {k}. {context}", "yes", "Yes.") for k, q in enumerate(originals)]
     splits = QASplits(train, [QAItem("d", "Dev?", "c", "no")], [QAItem("t", "Test?", "c", "no")])
     config = AugmentConfig("rewrite", "fake-teacher", concurrency=2, backoff=0.01)
     with FakeTeacherServer(scripted) as server:
@@ -126,7 +146,7 @@ def test_prompt_hash_is_the_hash_of_the_messages_the_teacher_saw(tmp_path):
 
     def respond(body, attempt):
         seen.append(body["messages"])
-        return FakeResponse(reply("A wholly different question about the cohort?"))
+        return FakeResponse(reply("Was the stroke risk of elderly patients reduced in the aspirin cohort?"))
 
     splits = QASplits([PARENT], [QAItem("d", "Dev?", "c", "no")], [QAItem("t", "Test?", "c", "no")])
     with FakeTeacherServer(respond) as server:

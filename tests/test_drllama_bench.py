@@ -18,6 +18,7 @@ def test_the_drllama_bench_runs_and_resumes(model_dir, data_dir, tmp_path):
     command = [sys.executable, str(BENCH), "--data", str(data_dir), "--teacher", model, "--student", model]
     command += ["--methods", "seqcls-lora", "--modes", "none,rewrite", "--limit", "3", "--epochs", "1"]
     command += ["--max-length", "48", "--max-tokens", "8", "--threads", "1", "--concurrency", "3"]
+    command += ["--prompt-style", "fewshot"]
     command += ["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
     first = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -27,11 +28,12 @@ def test_the_drllama_bench_runs_and_resumes(model_dir, data_dir, tmp_path):
     assert counts["requests_planned"] == 3 and counts["train_originals"] == 450
     # a tiny random teacher writes nothing the filters keep: rewrite's training set is none's, trained once
     assert counts["generated"] == {} and set(result["student_seconds"]) == {"seqcls-lora-none-s0"}
-    assert result["same_training_data"] == {"seqcls-lora-rewrite-s0": "seqcls-lora-none-s0"}
+    rewrite_run = f"seqcls-lora-rewrite-{Path(model).name}-fewshot-s0"  # teacher and prompts name the run
+    assert result["same_training_data"] == {rewrite_run: "seqcls-lora-none-s0"}
     assert (tmp_path / "out" / "compare" / "compare.md").is_file()
     md = (tmp_path / "out" / "drllama.md").read_text()
     assert "| rewrite | " in md and "domainlm finetune --method seqcls-lora" in md
-    assert "seqcls-lora-rewrite-s0: its training set equals seqcls-lora-none-s0's" in md
+    assert f"{rewrite_run}: its training set equals seqcls-lora-none-s0's" in md and "(fewshot prompts)" in md
 
     again = subprocess.run(command, capture_output=True, text=True, env=env)  # everything is kept
     assert again.returncode == 0, again.stderr[-3000:]

@@ -11,7 +11,9 @@ import uvicorn
 
 from domainlm.augment import AugmentConfig, HFTeacher, make_teacher, run_augment
 from domainlm.augment.local_model import LocalChatModel
+from domainlm.augment.prompts import load_template
 from domainlm.augment.server import create_app
+from domainlm.io import read_jsonl_objects
 from domainlm.qa import QAItem, QASplits
 from tiny_models import tiny_model
 
@@ -58,6 +60,30 @@ def test_openai_client_chat_and_models(server):
     assert greedy.usage.completion_tokens <= 4 and greedy.choices[0].finish_reason in {"stop", "length"}
 
 
+def test_openai_client_completions_continue_a_raw_prompt_and_honour_stop(server, model_dir):
+    client = openai.OpenAI(base_url=server, api_key=KEY, max_retries=0)
+    local = LocalChatModel(model_dir, device="cpu")
+    candidates = [f"Question: is drug {k} safe?\nAnswer:" for k in range(20)]
+    runs = {p: local.generate_encoded(local.encode_text(p, 8), temperature=0) for p in candidates}
+    # a prompt whose greedy completion runs its 8 tokens (random weights sometimes write end-of-sequence)
+    prompt = next(p for p, g in runs.items() if g.completion_tokens == 8 and len(g.texts[0]) > 5)
+    expected = runs[prompt]
+    free = client.completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0)
+    assert free.object == "text_completion" and free.choices[0].text == expected.texts[0]
+    assert free.usage.prompt_tokens == expected.prompt_tokens and free.usage.completion_tokens == 8
+    stop = free.choices[0].text[2:5]
+    cut = client.completions.create(model="tiny", prompt=[prompt], max_tokens=8, temperature=0, stop=[stop])
+    assert cut.choices[0].text == free.choices[0].text[: free.choices[0].text.find(stop)].strip()
+    assert cut.choices[0].finish_reason == "stop" and cut.usage.completion_tokens < 8
+    for bad, param in (
+        (dict(prompt=[prompt, prompt]), "prompt"),
+        (dict(prompt=prompt, stop=["a"] * 5), "stop"),
+    ):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model="tiny", max_tokens=2, **bad)
+        assert e.value.body["param"] == param
+
+
 def test_keys_and_errors(server):
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=server, api_key="sk-wrong", max_retries=0).models.list()
@@ -93,3 +119,33 @@ def test_augment_through_serve_and_in_process(server, model_dir, tmp_path, monke
     assert local["teacher"].startswith("hf:") and local["counts"]["requests_sent"] == 4
     assert local["cost"]["estimated_usd"] == 0.0
     assert sum(local["rejects_by_reason"].values()) + local["counts"]["generated"].get("rewrite", 0) == 4
+
+
+def test_fewshot_templates_go_to_the_completions_api_with_their_stop_sequence(
+    server, model_dir, tmp_path, monkeypatch
+):
+    """Base-model teachers: the few-shot prompt is sent raw (no chat template), over HTTP and in process
+    alike; greedy replies match, so both paths sent the same prompt and stop sequence."""
+    config = AugmentConfig("combined", "tiny", max_tokens=6, temperature=0, prompt_style="fewshot")
+    monkeypatch.setenv("DOMAINLM_TEST_KEY", KEY)
+    teacher = make_teacher(server, api_key_env="DOMAINLM_TEST_KEY")
+    over_http = run_augment(splits(), teacher, config, tmp_path / "http", show_progress=False)
+    local = run_augment(splits(), HFTeacher(str(model_dir)), config, tmp_path / "local", show_progress=False)
+    model = LocalChatModel(model_dir, device="cpu")
+    prompts = [
+        load_template(m, style="fewshot").render(item) for m in ("rewrite", "new") for item in splits().train
+    ]
+    expected = sum(model.encode_text(p, 6).length for p in prompts)  # raw text, BOS added
+    for manifest in (over_http, local):
+        assert manifest["counts"]["requests_sent"] == 4 and manifest["usage"]["prompt_tokens"] == expected
+    assert (
+        local["usage"] == over_http["usage"] and local["rejects_by_reason"] == over_http["rejects_by_reason"]
+    )
+    replies = [
+        sorted(
+            (r["parent_id"], r["mode"], r["reply"])
+            for _, r in read_jsonl_objects(tmp_path / path / "rejects.jsonl")
+        )
+        for path in ("http", "local")
+    ]
+    assert replies[0] == replies[1] and len(replies[0]) == 4  # a random model's text parses as nothing

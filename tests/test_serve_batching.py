@@ -217,3 +217,20 @@ def test_a_request_whose_client_left_before_its_batch_is_dropped():
     assert stayed.result(timeout=60) == "stayed"
     batcher.close()
     assert model.batches == [["stayed"]] and batcher.abandoned == 1
+
+
+def test_stop_strings_end_each_row_on_its_own_and_are_not_returned(chat_model):
+    p = prompts(chat_model)
+    free = chat_model.generate_encoded(chat_model.encode_text(QUESTIONS[2], 9), temperature=0)
+    text = free.texts[0]
+    assert free.completion_tokens == 9 and len(text) > 6  # random weights write no end-of-sequence
+    head = chat_model.generate_encoded(chat_model.encode_text(QUESTIONS[2], 4), temperature=0).texts[0]
+    assert text.startswith(head)
+    stop = head.rstrip()[-2:]  # written within the first 4 tokens
+    stopped = chat_model.encode_text(QUESTIONS[2], 9, stop=(stop, "never written \u2603"))
+    alone = chat_model.generate_encoded(stopped, temperature=0)
+    assert alone.texts == [text[: text.find(stop)].strip()] and alone.finish_reasons == ["stop"]
+    assert alone.completion_tokens <= 4  # generation ended early, not just the text
+    # beside a prompt without stop strings, each row keeps its own
+    both = chat_model.generate_batch([stopped, p[0]], temperature=0)
+    assert both[0] == alone and both[1] == chat_model.generate_encoded(p[0], temperature=0)

@@ -27,6 +27,7 @@ class Prompt:
     encoded: Any  # the tokenizer's BatchEncoding, on the CPU
     length: int  # prompt tokens
     max_tokens: int  # completion tokens it may take
+    stop: tuple[str, ...] = ()  # the completion ends before the first of these it writes (OpenAI's `stop`)
 
 
 class LocalChatModel:
@@ -55,11 +56,22 @@ class LocalChatModel:
         lines = [f"{m['role']}: {m['content']}" for m in messages]
         return "\n".join([*lines, "assistant:"]), False
 
-    def encode(self, messages: list[dict], max_tokens: int, fit_context: bool = True) -> Prompt:
-        """The tokenised prompt and the completion tokens it may take. `fit_context`: cut `max_tokens` to
-        the room the context leaves after the prompt; without it a `max_tokens` beyond that room raises
+    def encode(
+        self, messages: list[dict], max_tokens: int, fit_context: bool = True, stop: tuple[str, ...] = ()
+    ) -> Prompt:
+        """The tokenised chat prompt and the completion tokens it may take. `fit_context`: cut `max_tokens`
+        to the room the context leaves after the prompt; without it a `max_tokens` beyond that room raises
         PromptTooLong (what an API answers when a client asks for it)."""
         text, templated = self.render(messages)
+        return self._encode(text, templated, max_tokens, fit_context, stop)
+
+    def encode_text(
+        self, text: str, max_tokens: int, fit_context: bool = True, stop: tuple[str, ...] = ()
+    ) -> Prompt:
+        """A raw prompt to continue, without a chat template (the completions API: few-shot prompts)."""
+        return self._encode(text, False, max_tokens, fit_context, stop)
+
+    def _encode(self, text: str, templated: bool, max_tokens: int, fit_context: bool, stop) -> Prompt:
         encoded = self.tokenizer(text, return_tensors="pt", add_special_tokens=not templated)
         length = encoded["input_ids"].shape[1]
         context = self.context_length
@@ -73,7 +85,7 @@ class LocalChatModel:
                     f"for the completion, but max_tokens asks for {max_tokens}"
                 )
             max_tokens = min(max_tokens, room)
-        return Prompt(encoded, length, max_tokens)
+        return Prompt(encoded, length, max_tokens, tuple(s for s in stop if s))
 
     def generate(self, messages: list[dict], *, max_tokens: int = 256, **sampling) -> Generation:
         return self.generate_encoded(self.encode(messages, max_tokens), **sampling)
@@ -103,7 +115,7 @@ class LocalChatModel:
         prompt. Greedy rows (temperature 0) equal what each prompt gives alone; a sampled prompt draws from
         its own generator, seeded by its seed: its answers do not depend on which prompts share the batch."""
         import torch
-        from transformers import LogitsProcessorList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         count = len(prompts)
         n = n or [1] * count
@@ -132,17 +144,19 @@ class LocalChatModel:
                     top_k=top_k,
                 )
             )
+        stops = RowStops([p.stop for p in rows], self.tokenizer, width)
         with self._lock, torch.no_grad():
             output = self.model.generate(
                 input_ids=torch.tensor(ids, device=self.device),
                 attention_mask=torch.tensor(mask, device=self.device),
                 do_sample=False,  # RowSampler has drawn each sampled row's token; greedy then takes it
                 logits_processor=processors,
+                stopping_criteria=StoppingCriteriaList([stops] if stops.active else []),
                 max_new_tokens=longest,
                 pad_token_id=pad,
                 eos_token_id=eos,
             )
-        new = output[:, width:].tolist()
+        new = [(tokens, at) for tokens, at in zip(output[:, width:].tolist(), stops.at, strict=True)]
         results, row = [], 0
         for prompt, k, m in zip(prompts, n, taken, strict=True):
             mine = new[row : row + m]
@@ -150,15 +164,21 @@ class LocalChatModel:
             results.append(self._decode(prompt, mine if m == k else mine * k, eos))
         return results
 
-    def _decode(self, prompt: Prompt, rows: list[list[int]], eos: int | None) -> Generation:
-        """Each row cut at the prompt's own `max_tokens`, then at the first end-of-sequence token."""
+    def _decode(
+        self, prompt: Prompt, rows: list[tuple[list[int], int | None]], eos: int | None
+    ) -> Generation:
+        """Each row cut at the prompt's own `max_tokens`, at the first end-of-sequence token, and before the
+        first stop string it wrote (`at`: the tokens it had made when it wrote one)."""
         texts, finish, completion_tokens = [], [], 0
-        for tokens in rows:
-            tokens = tokens[: prompt.max_tokens]
+        for tokens, at in rows:
+            tokens = tokens[: prompt.max_tokens if at is None else min(at, prompt.max_tokens)]
             length = tokens.index(eos) if eos is not None and eos in tokens else len(tokens)
+            text = self.tokenizer.decode(tokens[:length], skip_special_tokens=True)
+            cut = min((i for i in (text.find(s) for s in prompt.stop) if i >= 0), default=None)
+            stopped = cut is not None or length < prompt.max_tokens
             completion_tokens += length
-            finish.append("stop" if length < prompt.max_tokens else "length")
-            texts.append(self.tokenizer.decode(tokens[:length], skip_special_tokens=True).strip())
+            finish.append("stop" if stopped else "length")
+            texts.append(text[:cut].strip())
         return Generation(texts, prompt.length, completion_tokens, finish)
 
 
@@ -206,3 +226,25 @@ class RowSampler:
             scores[row] = float("-inf")
             scores[row, token] = 0.0
         return scores
+
+
+class RowStops:
+    """A stopping criterion that ends each row once its completion contains one of the row's own stop
+    strings (transformers' StopStringCriteria shares one list across the batch). Checked on the decoded
+    text, so a stop string split across tokens is still seen. `at[row]`: completion tokens when it stopped."""
+
+    def __init__(self, stops: list[tuple[str, ...]], tokenizer, start: int):
+        self.stops, self.tokenizer, self.start = stops, tokenizer, start
+        self.at: list[int | None] = [None] * len(stops)
+        self.active = any(stops)
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        made = input_ids.shape[1] - self.start
+        for row, stops in enumerate(self.stops):
+            if stops and self.at[row] is None:
+                text = self.tokenizer.decode(input_ids[row, self.start :], skip_special_tokens=True)
+                if any(s in text for s in stops):
+                    self.at[row] = made
+        return torch.tensor([at is not None for at in self.at], device=input_ids.device)

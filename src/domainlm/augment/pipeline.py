@@ -20,7 +20,7 @@ from pathlib import Path
 
 from domainlm import io
 from domainlm.augment.pricing import estimate_cost, price_for
-from domainlm.augment.prompts import PromptTemplate, load_template
+from domainlm.augment.prompts import STYLES, PromptTemplate, load_template
 from domainlm.augment.replies import REASONS, Filters, NearDuplicates, judge_reply
 from domainlm.augment.reply_cache import Reply, ReplyCache, request_key
 from domainlm.augment.teachers import MalformedReply, RequestFailed, RetryableError, Teacher
@@ -48,15 +48,19 @@ class AugmentConfig:
     backoff: float = 1.0  # seconds before the first retry; doubles each time, with jitter
     include_originals: bool = True  # train.jsonl starts with the original training items
     prompt_dir: str | None = None  # directory of <mode>.txt templates overriding the packaged ones
+    prompt_style: str = "chat"  # packaged templates: chat (instruction models) or fewshot (base models)
     price_in: float | None = None  # USD per million prompt tokens, overriding the price table
     price_out: float | None = None  # USD per million completion tokens
     near_duplicate: float = 0.8  # word-set Jaccard at which a question is a near duplicate (1.0: exact only)
     max_question_words: int = 64  # longer generated questions are dropped as too_long
     max_answer_words: int = 256  # likewise for answers
+    min_grounding: float = 0.4  # share of a question's content words found in its source item (0: off)
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise InputError(f"unknown mode {self.mode!r}; choose from {list(MODES)}")
+        if self.prompt_style not in STYLES:
+            raise InputError(f"unknown prompt style {self.prompt_style!r}; choose from {list(STYLES)}")
         checks = {
             "n": self.n >= 1,
             "concurrency": self.concurrency >= 1,
@@ -76,7 +80,9 @@ class AugmentConfig:
 
     @property
     def filters(self) -> Filters:
-        return Filters(self.near_duplicate, self.max_question_words, self.max_answer_words)
+        return Filters(
+            self.near_duplicate, self.max_question_words, self.max_answer_words, self.min_grounding
+        )
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -88,15 +94,16 @@ class Job:
     parent: QAItem
     mode: str
     sample: int
-    messages: list[dict]
+    request: list[dict] | str  # chat messages, or a completion prompt
     seed: int
     key: str
     template_sha256: str
+    stop: tuple[str, ...] = ()
 
     @property
     def prompt_sha256(self) -> str:
-        """The rendered prompt's hash: which exact messages the teacher saw."""
-        blob = json.dumps(self.messages, sort_keys=True, ensure_ascii=False)
+        """The rendered prompt's hash: which exact messages (or prompt text) the teacher saw."""
+        blob = json.dumps(self.request, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -144,12 +151,15 @@ def build_jobs(
     jobs = []
     for item in items:
         for mode in config.modes:
-            messages = templates[mode].messages(item)
+            template = templates[mode]
+            request, stop = template.render(item), template.stop
             for sample in range(config.n):
                 seed = config.seed + sample
                 params = {"temperature": config.temperature, "max_tokens": config.max_tokens, "seed": seed}
-                key = request_key(teacher, config.model, messages, params, sample)
-                jobs.append(Job(item, mode, sample, messages, seed, key, templates[mode].sha256))
+                if stop:  # only then: keys of requests without stop sequences stay as they were
+                    params["stop"] = list(stop)
+                key = request_key(teacher, config.model, request, params, sample)
+                jobs.append(Job(item, mode, sample, request, seed, key, template.sha256, stop))
     return jobs
 
 
@@ -216,11 +226,12 @@ class Fetcher:
             self.stats.requests += 1
             try:
                 return await self.teacher.complete(
-                    job.messages,
+                    job.request,
                     model=self.config.model,
                     temperature=self.config.temperature,
                     max_tokens=self.config.max_tokens,
                     seed=job.seed,
+                    stop=job.stop,
                 )
             except RetryableError as e:
                 if isinstance(e, MalformedReply):
@@ -299,7 +310,7 @@ def run_augment(
     Returns the manifest."""
     started = time.time()
     out_dir = Path(out_dir)
-    templates = {mode: load_template(mode, config.prompt_dir) for mode in config.modes}
+    templates = {mode: load_template(mode, config.prompt_dir, config.prompt_style) for mode in config.modes}
     cache = ReplyCache(cache_path or out_dir / "cache.sqlite")
     try:
         for template in templates.values():

@@ -4,6 +4,13 @@ The prompts ask for one JSON object `{"question", "answer", "label"}`; replies w
 block or surrounded by prose are accepted as long as one JSON object can be cut out of them, and a reply with
 no JSON is read from "Question: / Answer: / Final decision:" lines when it has them.
 
+A generated question must be about its source abstract: at least `min_grounding` (default 0.4) of its
+content words (English stop words, numbers and words under three letters dropped, the rest compared by
+their first five letters, a crude stem) must occur in the source item's context, question or long answer. Measured on
+PubMedQA's 1,000 labelled items, 98% of questions reach 0.4 against their own context, and 1% against a
+random other item's context; small teachers' off-topic inventions ("perinatal mortality" for an abstract on
+mammography) fall below it.
+
 Near duplicates are measured by the Jaccard similarity of two questions' word sets (lower-cased, punctuation
 dropped): |A & B| / |A | B|, the classic resemblance measure for near-duplicate text (Broder, 1997). The
 default threshold, 0.8, is far above what distinct questions reach: no two of PubMedQA's 1,000 labelled
@@ -23,8 +30,8 @@ from domainlm.qa.data import LABELS, QAItem, stripped
 # Reasons a reply is rejected; `duplicate` and `near_duplicate` are decided over the whole output, the others
 # per reply.
 REASONS = (
-    "unparseable", "empty", "too_long", "bad_label", "label_changed", "copy", "near_copy", "duplicate",
-    "near_duplicate", "request_failed",
+    "unparseable", "empty", "too_long", "bad_label", "label_changed", "copy", "near_copy", "off_topic",
+    "duplicate", "near_duplicate", "request_failed",
 )  # fmt: skip
 
 
@@ -36,12 +43,15 @@ class Filters:
     near_duplicate: float = 0.8  # word-set Jaccard at or above which two questions count as near duplicates
     max_question_words: int = 64
     max_answer_words: int = 256
+    min_grounding: float = 0.4  # share of a question's content words found in its source item; 0: off
 
     def __post_init__(self):
         from domainlm.errors import InputError
 
         if not 0 < self.near_duplicate <= 1:
             raise InputError(f"near_duplicate must be in (0, 1], got {self.near_duplicate!r}")
+        if not 0 <= self.min_grounding <= 1:
+            raise InputError(f"min_grounding must be in [0, 1], got {self.min_grounding!r}")
         for name in ("max_question_words", "max_answer_words"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)!r}")
@@ -57,6 +67,23 @@ def normalise(text: str) -> str:
 
 def words(text: str) -> list[str]:
     return re.findall(r"\w+", text.lower())
+
+
+QUESTION_WORDS = frozenset({"does", "did", "doing", "done"})  # not in scikit-learn's stop words
+
+
+def content_stems(text: str) -> set[str]:
+    """A text's content words, cut to five letters: no stop words, numbers or words under three letters."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    stop = ENGLISH_STOP_WORDS | QUESTION_WORDS
+    return {w[:5] for w in words(text) if len(w) > 2 and not w.isdigit() and w not in stop}
+
+
+def grounding(question: str, source: str) -> float:
+    """The share of the question's content words (stems) that occur in `source`; 1.0 when it has none."""
+    stems = content_stems(question)
+    return len(stems & content_stems(source)) / len(stems) if stems else 1.0
 
 
 def jaccard(a: frozenset | set, b: frozenset | set) -> float:
@@ -185,6 +212,12 @@ def judge_reply(
     if similarity >= filters.near_duplicate:
         detail = f"the question is a near copy of the original (word Jaccard {similarity:.2f})"
         return Verdict(None, "near_copy", detail)
+    if filters.min_grounding:
+        source = " ".join((parent.context, parent.question, parent.long_answer or ""))
+        share = grounding(question, source)
+        if share < filters.min_grounding:
+            detail = f"{share:.0%} of the question's content words occur in its source item"
+            return Verdict(None, "off_topic", f"{detail} (minimum {filters.min_grounding:.0%})")
     item = QAItem(
         id=f"{parent.id}-{mode}{sample}",
         question=question,

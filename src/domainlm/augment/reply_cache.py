@@ -35,8 +35,9 @@ class Reply:
     completion_tokens: int = 0
 
 
-def request_key(teacher: str, model: str, messages: list[dict], params: dict, sample: int) -> str:
-    """Hash of everything that determines a reply: the teacher, model, prompt, parameters, sample index."""
+def request_key(teacher: str, model: str, messages: list[dict] | str, params: dict, sample: int) -> str:
+    """Hash of everything that determines a reply: the teacher, model, prompt (chat messages or a completion
+    prompt), parameters, sample index."""
     blob = json.dumps(
         {
             "teacher": teacher_identity(teacher),

@@ -1,7 +1,8 @@
 """`domainlm serve`: a local Hugging Face causal LM behind an OpenAI-compatible HTTP API.
 
-Endpoints: POST /v1/chat/completions (non-streaming; honours max_tokens, temperature, top_p, n, seed and
-returns token usage), GET /v1/models, and GET /stats (how requests were batched). With an API key set,
+Endpoints: POST /v1/chat/completions and POST /v1/completions (a raw prompt to continue, for base models'
+few-shot prompts); both non-streaming, honouring max_tokens, temperature, top_p, n, seed and stop, and
+returning token usage. GET /v1/models, and GET /stats (how requests were batched). With an API key set,
 every request needs `Authorization: Bearer <key>`. Errors use OpenAI's `{"error": {...}}` body so clients
 report them well. Limits (`server_limits.ServeLimits`) are checked before any generation; a full queue
 answers 429 with `Retry-After`, which the openai client honours when it retries. Requests that arrive
@@ -57,17 +58,54 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
-class ChatRequest(BaseModel):
+MAX_STOP = 4  # stop sequences per request, as OpenAI allows
+MAX_STOP_CHARS = 256
+
+
+class GenerationRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str
-    messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     n: int = Field(1, ge=1)
     seed: int | None = Field(None, ge=0, lt=2**63)
+    stop: str | list[str] | None = None
     stream: bool = False
+
+    def stops(self) -> tuple[str, ...]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stops) > MAX_STOP or any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise APIError(
+                400,
+                f"stop: at most {MAX_STOP} sequences of at most {MAX_STOP_CHARS} characters",
+                "invalid_request_error",
+                "invalid_value",
+                "stop",
+            )
+        return tuple(s for s in stops if s)
+
+
+class ChatRequest(GenerationRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class CompletionRequest(GenerationRequest):
+    prompt: str | list[str]
+
+    def text(self) -> str:
+        if isinstance(self.prompt, str):
+            return self.prompt
+        if len(self.prompt) != 1:
+            raise APIError(
+                400,
+                f"prompt: one prompt per request, got {len(self.prompt)} (concurrent requests are batched)",
+                "invalid_request_error",
+                "invalid_value",
+                "prompt",
+            )
+        return self.prompt[0]
 
 
 class APIError(Exception):
@@ -77,13 +115,13 @@ class APIError(Exception):
         self.status, self.message, self.kind, self.code, self.param = status, message, kind, code, param
 
 
-def _check_limits(body: ChatRequest, limits: ServeLimits) -> int:
+def _check_limits(body: GenerationRequest, limits: ServeLimits) -> int:
     """Refuse a request over a limit (400 naming the parameter); the completion tokens it may use."""
     requested = body.max_completion_tokens or body.max_tokens
     over = [
         ("n", body.n, limits.max_n),
         ("max_tokens", requested or 0, limits.max_tokens),
-        ("messages", len(body.messages), limits.max_messages),
+        ("messages", len(getattr(body, "messages", ())), limits.max_messages),
     ]
     for param, value, limit in over:
         if value > limit:
@@ -98,7 +136,7 @@ def _check_limits(body: ChatRequest, limits: ServeLimits) -> int:
     return requested or limits.default_max_tokens
 
 
-def requested_none(body: ChatRequest) -> bool:
+def requested_none(body: GenerationRequest) -> bool:
     return body.max_completion_tokens is None and body.max_tokens is None
 
 
@@ -168,8 +206,8 @@ def create_app(
             "abandoned": batcher.abandoned,  # requests dropped before generation: their clients had gone
         }
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorise)])
-    async def chat_completions(body: ChatRequest, request: Request):
+    async def generate(body: GenerationRequest, request: Request, encode, param: str):
+        """Check, tokenise (`encode(max_tokens, fit_context, stop)`), queue and generate one request."""
         # Checked on the event loop, so a full queue answers at once however many requests wait.
         if body.model != model_name:
             raise APIError(
@@ -182,15 +220,13 @@ def create_app(
         if body.stream:
             raise APIError(400, "streaming is not supported", "invalid_request_error", param="stream")
         max_tokens = _check_limits(body, limits)
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        stop = body.stops()
         try:
             # Tokenised (off the event loop) before taking a queue place: an over-long prompt is a 400,
             # never a 429 that a client would retry.
-            prompt = await run_in_threadpool(
-                chat_model.encode, messages, max_tokens, fit_context=requested_none(body)
-            )
+            prompt = await run_in_threadpool(encode, max_tokens, requested_none(body), stop)
             with queue:
-                result = await batcher.generate(
+                return await batcher.generate(
                     prompt,
                     gone=request.is_disconnected,
                     temperature=body.temperature,
@@ -198,37 +234,58 @@ def create_app(
                     n=body.n,
                     seed=body.seed,
                 )
-        except ClientGone:
-            return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
         except QueueFull as e:
             raise APIError(
                 429, f"the server is busy: {e}; retry later", "requests", "rate_limit_exceeded"
             ) from None
         except PromptTooLong as e:
-            raise APIError(
-                400, str(e), "invalid_request_error", "context_length_exceeded", "messages"
-            ) from None
+            raise APIError(400, str(e), "invalid_request_error", "context_length_exceeded", param) from None
         except TemplateError as e:  # e.g. a chat template that wants alternating roles
             raise APIError(
                 400, f"the chat template refused the messages: {e}", "invalid_request_error"
             ) from None
-        choices = [
-            {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason}
-            for i, (text, reason) in enumerate(zip(result.texts, result.finish_reasons, strict=True))
-        ]
+
+    def answer(result, kind: str, choices: list[dict]) -> dict:
         usage = {
             "prompt_tokens": result.prompt_tokens,
             "completion_tokens": result.completion_tokens,
             "total_tokens": result.prompt_tokens + result.completion_tokens,
         }
+        prefix = "chatcmpl" if kind == "chat.completion" else "cmpl"
         return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
+            "id": f"{prefix}-{uuid.uuid4().hex}",
+            "object": kind,
             "created": int(time.time()),
             "model": model_name,
             "choices": choices,
             "usage": usage,
         }
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorise)])
+    async def chat_completions(body: ChatRequest, request: Request):
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        try:
+            result = await generate(body, request, lambda *a: chat_model.encode(messages, *a), "messages")
+        except ClientGone:
+            return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+        choices = [
+            {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason}
+            for i, (text, reason) in enumerate(zip(result.texts, result.finish_reasons, strict=True))
+        ]
+        return answer(result, "chat.completion", choices)
+
+    @app.post("/v1/completions", dependencies=[Depends(authorise)])
+    async def completions(body: CompletionRequest, request: Request):
+        prompt = body.text()
+        try:
+            result = await generate(body, request, lambda *a: chat_model.encode_text(prompt, *a), "prompt")
+        except ClientGone:
+            return Response(status_code=499)
+        choices = [
+            {"index": i, "text": text, "logprobs": None, "finish_reason": reason}
+            for i, (text, reason) in enumerate(zip(result.texts, result.finish_reasons, strict=True))
+        ]
+        return answer(result, "text_completion", choices)
 
     return app
 

@@ -1,4 +1,5 @@
-"""Teachers: an OpenAI-compatible chat endpoint, or a Hugging Face model run in this process.
+"""Teachers: an OpenAI-compatible endpoint, or a Hugging Face model run in this process. A request is chat
+messages, or a prompt string to continue (the completions API, for base models' few-shot prompts).
 
 Failures are sorted into three kinds so the pipeline can act on them: `RetryableError` (429, 5xx, timeouts,
 dropped connections, and `MalformedReply`: an HTTP 200 whose body is no usable chat completion; back off and
@@ -47,7 +48,14 @@ class Teacher(Protocol):
     name: str  # identifies the teacher in cache keys and manifests (URL or hf:path), never a secret
 
     async def complete(
-        self, messages: list[dict], *, model: str, temperature: float, max_tokens: int, seed: int
+        self,
+        request: list[dict] | str,
+        *,
+        model: str,
+        temperature: float,
+        max_tokens: int,
+        seed: int,
+        stop: tuple[str, ...] = (),
     ) -> Reply: ...
 
     async def close(self) -> None: ...
@@ -69,15 +77,19 @@ class OpenAITeacher:
         )
         self._answered = False
 
-    async def complete(self, messages, *, model, temperature, max_tokens, seed) -> Reply:
+    async def complete(self, request, *, model, temperature, max_tokens, seed, stop=()) -> Reply:
         import openai
 
+        params = dict(model=model, temperature=temperature, max_tokens=max_tokens, seed=seed)
+        if stop:
+            params["stop"] = list(stop)
         try:
             # The raw body, parsed here: the client turns a non-JSON 200 into a str and a half-formed one into
             # objects with missing parts, which would crash far from the cause.
-            raw = await self._client.chat.completions.with_raw_response.create(
-                model=model, messages=messages, temperature=temperature, max_tokens=max_tokens, seed=seed
-            )
+            if isinstance(request, str):
+                raw = await self._client.completions.with_raw_response.create(prompt=request, **params)
+            else:
+                raw = await self._client.chat.completions.with_raw_response.create(messages=request, **params)
             body = raw.http_response.content
         except openai.APITimeoutError:
             raise RetryableError("request timed out") from None
@@ -98,7 +110,8 @@ class OpenAITeacher:
 
 
 def parse_completion(body: bytes) -> Reply:
-    """The first choice's text and the usage of a chat-completion body; MalformedReply when it is none."""
+    """The first choice's text and the usage of a chat-completion (or completion) body; MalformedReply when it
+    is none."""
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):  # also bad UTF-8 and JSON nested too deep
@@ -112,10 +125,11 @@ def parse_completion(body: bytes) -> Reply:
     choices = data.get("choices")
     if not isinstance(choices, list) or not choices:
         raise MalformedReply("no choices")
-    message = choices[0].get("message") if isinstance(choices[0], dict) else None
-    content = message.get("content") if isinstance(message, dict) else None
+    first = choices[0] if isinstance(choices[0], dict) else {}
+    message = first.get("message")
+    content = message.get("content") if isinstance(message, dict) else first.get("text")
     if not isinstance(content, str):
-        raise MalformedReply("the first choice has no message content")
+        raise MalformedReply("the first choice has no message content or text")
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
     tokens = [usage.get(name) for name in ("prompt_tokens", "completion_tokens")]
     reply = Reply(content, *(t if isinstance(t, int) and t >= 0 else 0 for t in tokens))
@@ -164,11 +178,12 @@ class HFTeacher:
         self._batcher = Batcher(self._model)  # a daemon thread, idle between runs
         self.name = f"hf:{self._model.name}"
 
-    async def complete(self, messages, *, model, temperature, max_tokens, seed) -> Reply:
+    async def complete(self, request, *, model, temperature, max_tokens, seed, stop=()) -> Reply:
         from domainlm.augment.local_model import PromptTooLong
 
+        encode = self._model.encode_text if isinstance(request, str) else self._model.encode
         try:
-            prompt = await asyncio.to_thread(self._model.encode, messages, max_tokens)
+            prompt = await asyncio.to_thread(encode, request, max_tokens, stop=stop)
         except PromptTooLong as e:
             raise RequestFailed(str(e)) from None
         result = await self._batcher.generate(prompt, temperature=temperature, seed=seed)

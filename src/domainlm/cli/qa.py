@@ -108,6 +108,11 @@ def augment(
     prompt_dir: Path | None = typer.Option(
         None, help="Directory with rewrite.txt / new.txt templates overriding the packaged ones."
     ),
+    prompt_style: str = typer.Option(
+        "chat",
+        help="Packaged templates: chat (instruction models, JSON replies) or fewshot (base models: "
+        "few-shot prompts sent to the completions API).",
+    ),
     originals: bool = typer.Option(
         True, "--originals/--no-originals", help="Start train.jsonl with the original training items."
     ),
@@ -130,6 +135,11 @@ def augment(
     ),
     max_question_words: int = typer.Option(64, help="Generated questions longer than this are dropped."),
     max_answer_words: int = typer.Option(256, help="Generated answers longer than this are dropped."),
+    min_grounding: float = typer.Option(
+        0.4,
+        help="Drop a generated question (off_topic) when fewer than this share of its content words occur "
+        "in its source item (0: off).",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """Generate training data with a teacher LLM; every reply is cached, so reruns resume and cost nothing."""
