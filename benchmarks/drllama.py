@@ -72,7 +72,7 @@ def augment(args, pqa: Path, modes: list[str], commands: list[str], env: dict) -
             out = args.work / f"aug-{mode}{variant(args)}"
             command = domainlm(
                 "augment", "--mode", mode, "--teacher", url, "--model", name, "--data", pqa, "--out", out,
-                "--cache", args.work / "replies.sqlite", "--concurrency", args.concurrency,
+                "--cache", args.work / f"replies{variant(args)}.sqlite", "--concurrency", args.concurrency,
                 "--max-tokens", args.max_tokens, "--timeout", args.timeout, "--no-progress",
                 "--prompt-style", args.prompt_style,
             )  # fmt: skip
