@@ -6,10 +6,10 @@ no JSON is read from "Question: / Answer: / Final decision:" lines when it has t
 
 A generated question must be about its source abstract: at least `min_grounding` (default 0.4) of its
 content words (English stop words, numbers and words under three letters dropped, the rest compared by
-their first five letters, a crude stem) must occur in the source item's context, question or long answer. Measured on
-PubMedQA's 1,000 labelled items, 98% of questions reach 0.4 against their own context, and 1% against a
-random other item's context; small teachers' off-topic inventions ("perinatal mortality" for an abstract on
-mammography) fall below it.
+their first five letters, a crude stem) must occur in the source item's context, question or long
+answer. Measured on PubMedQA's 1,000 labelled items, 98% of questions reach 0.4 against their own context,
+and 1% against a random other item's context; small teachers' off-topic inventions ("perinatal
+mortality" for an abstract on mammography) fall below it.
 
 Near duplicates are measured by the Jaccard similarity of two questions' word sets (lower-cased, punctuation
 dropped): |A & B| / |A | B|, the classic resemblance measure for near-duplicate text (Broder, 1997). The
