@@ -16,7 +16,7 @@ Only these substitutions are made, nothing else of a line changes:
 * `accelerate launch ... -m domainlm CMD` runs as `domainlm CMD`, the single-process run the README says it
   is ("the same command without it"): the multi-process path has its own test (tests/test_distributed.py).
 
-`serve` runs as a subprocess (it blocks) and stops once the `augment` line after it has used it; every other
+`serve` runs as a subprocess (it blocks) and stops once the `augment` lines after it have used it; every other
 command runs in-process (typer's CliRunner). Files a line reads but the README does not make (`my.csv`,
 `new_molecules.csv`, `sentences.fr`) are written first; tag libraries a section assumes but does not train
 (`runs/en`; the cross-domain section's MiniLM `runs/qed` and `runs/descriptor`) are trained before its first
@@ -219,6 +219,8 @@ def run_line(line: str, env: dict, log: list) -> None:
     args = substitute(line, env)
     start = time.perf_counter()
     output = ""
+    if args[0] not in ("serve", "augment") and "server" in env:  # the served teacher has done its part
+        stop_server(env.pop("server"))
     if args[0] == "serve":
         env["server"] = start_server(args, env)
     else:
@@ -229,8 +231,6 @@ def run_line(line: str, env: dict, log: list) -> None:
             pytest.fail(
                 f"README line failed (exit {result.exit_code}): {line}\nran: {args}\n{output}\n{error}"
             )
-        if args[0] == "augment" and "server" in env:  # the served teacher has done its part
-            stop_server(env.pop("server"))
     log.append(
         {"line": line, "args": args, "output": output, "seconds": round(time.perf_counter() - start, 2)}
     )
