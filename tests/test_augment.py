@@ -223,7 +223,7 @@ def test_completion_template_renders_text_and_stop_sequences(tmp_path):
     )
     template = load_template("rewrite", tmp_path)
     item = make_items(1)[0]
-    assert template.is_completion and template.stop == ("###", "\n\n")
+    assert template.stop == ("###", "\n\n")
     assert template.render(item) == f"Question: {item.question}\nRewritten:"
     for mode in ("rewrite", "new"):  # the packaged few-shot templates end where the teacher's layout starts
         packaged = load_template(mode, style="fewshot")

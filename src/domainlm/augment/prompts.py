@@ -50,10 +50,6 @@ class PromptTemplate:
         return out
 
     @property
-    def is_completion(self) -> bool:
-        return "prompt" in self.sections()
-
-    @property
     def stop(self) -> tuple[str, ...]:
         return _stops(self.sections().get("stop", ""), self.path)
 

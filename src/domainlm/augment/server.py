@@ -84,7 +84,7 @@ class GenerationRequest(BaseModel):
                 "invalid_value",
                 "stop",
             )
-        return tuple(s for s in stops if s)
+        return tuple(stops)  # empty strings are dropped where prompts are encoded (local_model)
 
 
 class ChatRequest(GenerationRequest):
