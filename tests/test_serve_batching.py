@@ -7,11 +7,13 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
+import torch
 
 from domainlm.augment.batcher import Batcher, BatchSettings
-from domainlm.augment.local_model import LocalChatModel
+from domainlm.augment.local_model import LocalChatModel, RowStops
 from domainlm.augment.server import create_app
 from domainlm.errors import InputError
+from tiny_models import tiny_tokenizer
 
 FOREVER_MS = 600_000  # a batch closes when full, never by the clock, in these tests
 QUESTIONS = ["is the answer yes", "the drug is safe", "is the molecule a drug or a protein", "yes no maybe"]
@@ -234,3 +236,18 @@ def test_stop_strings_end_each_row_on_its_own_and_are_not_returned(chat_model):
     # beside a prompt without stop strings, each row keeps its own
     both = chat_model.generate_batch([stopped, p[0]], temperature=0)
     assert both[0] == alone and both[1] == chat_model.generate_encoded(p[0], temperature=0)
+
+
+def test_row_stops_see_a_stop_late_in_a_long_completion_and_across_tokens():
+    """Only a tail of each completion is decoded per step; a stop written after 60 tokens, as two tokens,
+    still ends its row at the very step it is complete, and a row without stops never ends."""
+    tok = tiny_tokenizer()
+    prompt = tok("the question")["input_ids"]
+    written = tok(" ".join(["drug"] * 60 + ["is", "the", "answer"]), add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt + written] * 2)
+    stops = RowStops([("is the",), ()], tok, start=len(prompt))
+    ended = []
+    for made in range(1, len(written) + 1):
+        ended.append(stops(ids[:, : len(prompt) + made], None).tolist())
+    assert stops.at == [62, None] and stops.tail < 20  # "the" is the 62nd token
+    assert ended[60] == [False, False] and ended[61] == [True, False] and ended[-1] == [True, False]

@@ -231,20 +231,28 @@ class RowSampler:
 class RowStops:
     """A stopping criterion that ends each row once its completion contains one of the row's own stop
     strings (transformers' StopStringCriteria shares one list across the batch). Checked on the decoded
-    text, so a stop string split across tokens is still seen. `at[row]`: completion tokens when it stopped."""
+    text, so a stop string split across tokens is still seen. `at[row]`: completion tokens when it stopped.
+
+    Checked after every token, so a stop can only have ended in the newest one: decoding a tail of the
+    completion (a token per stop character and some slack) sees it, at a cost that does not grow with
+    the completion."""
+
+    SLACK = 8  # tokens that decode to no character (special, split bytes) before a stop
 
     def __init__(self, stops: list[tuple[str, ...]], tokenizer, start: int):
         self.stops, self.tokenizer, self.start = stops, tokenizer, start
         self.at: list[int | None] = [None] * len(stops)
         self.active = any(stops)
+        self.tail = max((len(s) for row in stops for s in row), default=0) + self.SLACK
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
         made = input_ids.shape[1] - self.start
+        first = max(self.start, input_ids.shape[1] - self.tail)
         for row, stops in enumerate(self.stops):
             if stops and self.at[row] is None:
-                text = self.tokenizer.decode(input_ids[row, self.start :], skip_special_tokens=True)
+                text = self.tokenizer.decode(input_ids[row, first:], skip_special_tokens=True)
                 if any(s in text for s in stops):
                     self.at[row] = made
         return torch.tensor([at is not None for at in self.at], device=input_ids.device)

@@ -40,18 +40,25 @@ class PromptTemplate:
     def sha256(self) -> str:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
 
-    def sections(self) -> dict[str, str]:
+    def _spans(self) -> dict[str, tuple[int, int]]:
+        """Each section's body as (start, end) offsets into the text."""
         marks = list(_SECTION.finditer(self.text))
-        if not marks:
+        ends = [m.start() for m in marks[1:]] + [len(self.text)] * bool(marks)
+        return {mark.group(1): (mark.end(), end) for mark, end in zip(marks, ends, strict=True)}
+
+    def sections(self) -> dict[str, str]:
+        spans = self._spans()
+        if not spans:
             return {"user": self.text.strip()}
-        out = {}
-        for mark, nxt in zip(marks, [*marks[1:], None], strict=True):
-            out[mark.group(1)] = self.text[mark.end() : nxt.start() if nxt else len(self.text)].strip()
-        return out
+        return {name: self.text[start:end].strip() for name, (start, end) in spans.items()}
 
     @property
     def stop(self) -> tuple[str, ...]:
-        return _stops(self.sections().get("stop", ""), self.path)
+        if "stop" not in (spans := self._spans()):
+            return ()
+        start, end = spans["stop"]
+        # the body starts on the [stop] line itself: its first line there has the marker's number
+        return _stops(self.text[start:end], self.text.count("\n", 0, start) + 1, self.path)
 
     def render(self, item: QAItem) -> list[dict[str, str]] | str:
         """What the teacher is sent for one training item: chat messages, or a completion template's text."""
@@ -82,9 +89,10 @@ def load_template(mode: str, prompt_dir: str | Path | None = None, style: str = 
     return template
 
 
-def _stops(section: str, source: str) -> tuple[str, ...]:
+def _stops(section: str, first_line: int, source: str) -> tuple[str, ...]:
+    """The stop strings of a [stop] body whose first line is line `first_line` of the file `source`."""
     stops = []
-    for number, line in enumerate(section.splitlines(), 1):
+    for number, line in enumerate(section.splitlines(), first_line):
         if not line.strip():
             continue
         try:
@@ -93,8 +101,8 @@ def _stops(section: str, source: str) -> tuple[str, ...]:
             stop = None
         if not isinstance(stop, str) or not stop:
             raise InputError(
-                f'[stop] line {number}: {line.strip()!r} is not a JSON string such as "\\n###"',
-                source=source,
+                f'{line.strip()!r} is not a JSON string such as "\\n###"',
+                source=f"{source}, line {number}",
             )
         stops.append(stop)
     return tuple(stops)

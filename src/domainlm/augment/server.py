@@ -86,9 +86,16 @@ class GenerationRequest(BaseModel):
             )
         return tuple(stops)  # empty strings are dropped where prompts are encoded (local_model)
 
+    def turns(self) -> int:
+        """Chat messages, counted against `max_messages`; a raw prompt has none."""
+        return 0
+
 
 class ChatRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
+
+    def turns(self) -> int:
+        return len(self.messages)
 
 
 class CompletionRequest(GenerationRequest):
@@ -121,7 +128,7 @@ def _check_limits(body: GenerationRequest, limits: ServeLimits) -> int:
     over = [
         ("n", body.n, limits.max_n),
         ("max_tokens", requested or 0, limits.max_tokens),
-        ("messages", len(getattr(body, "messages", ())), limits.max_messages),
+        ("messages", body.turns(), limits.max_messages),
     ]
     for param, value, limit in over:
         if value > limit:
