@@ -7,7 +7,8 @@ Rows, all on one frozen base model:
 * prompt tuning (peft), as many virtual tokens as a tagged prompt holds tag vectors (3 x tag length);
 * LoRA (peft; r 8, alpha 16, dropout 0.05);
 * tags: stage 1 language tags (<EN> <FR> <DE> <IT> <ES> <PT>, next-token loss on one side of the Tatoeba
-  pairs), then stage 3 <Translate> on the trained directions, language tags frozen.
+  pairs), then stage 3 <Translate> on the trained directions, language tags frozen;
+* tags_untrained (only when named in --rows): the same language tags, <Translate> at its initial value.
 PEFT rows and <Translate> train on the same Tatoeba pairs (FLORES sentences excluded). Directions scored:
 the trained ones, IT->FR (a pair never trained) and ES->PT (languages seen only in stage 1), on a fixed
 seeded subset of FLORES devtest (`--flores-lines`; all 1,012 with 0). Scores: sacrebleu BLEU and chrF++,
@@ -53,7 +54,10 @@ STAGE1 = ("EN", "FR", "DE", "IT", "ES", "PT")
 TRAINED = "en-fr,fr-en,en-de,de-en,en-it,it-en"
 ZERO_SHOT = "it-fr,es-pt"
 TRANSLATE_WORDS = " translation:"  # "Output: <FR> <Translate>" read as "Output: French translation:"
-ROWS = ("base_0shot", "base_3shot", "prompt_tuning", "lora", "tags")
+# tags_untrained: the stage-1 language tags with <Translate> at its initial value, no stage 3: what stage 3
+# adds (or costs) on each direction, zero-shot ones included. Asked for by name only.
+ROWS = ("base_0shot", "base_3shot", "prompt_tuning", "lora", "tags_untrained", "tags")
+DEFAULT_ROWS = tuple(r for r in ROWS if r != "tags_untrained")
 
 
 def arguments(argv=None):
@@ -89,7 +93,7 @@ def arguments(argv=None):
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--num-beams", type=int, default=1)
     p.add_argument("--gen-batch-size", type=int, default=8)
-    p.add_argument("--rows", default=",".join(ROWS), help=f"which of {', '.join(ROWS)}")
+    p.add_argument("--rows", default=",".join(DEFAULT_ROWS), help=f"which of {', '.join(ROWS)}")
     p.add_argument("--directions", default=f"{TRAINED},{ZERO_SHOT}", help="directions scored")
     p.add_argument("--trained", default=TRAINED, help="directions <Translate> and the PEFT rows train on")
     p.add_argument(
@@ -192,16 +196,24 @@ def main(argv=None) -> dict:
             ),
         )
         del peft
-    if "tags" in wanted:
+    template = Template(spec.template)
+
+    def tagged(s: Language, t: Language, lines: list[str]):
+        parts = [template.render({"src": s.tag, "tgt": t.tag, "source": x}, prompt=True) for x in lines]
+        return tm.generate(parts, details=True, **vars(decoding))
+
+    if {"tags_untrained", "tags"} & set(wanted):
         started = time.time()
-        stage1 = TrainConfig(**{**config.to_dict(), "stage": "domain", "epochs": args.stage1_epochs})
-        for tag in STAGE1:
-            if args.stage1_tags:
-                tm.load_tags(Path(args.stage1_tags) / tag / "tags")
-                continue
-            corpus = CorpusSource(path=args.data, language=tag, limit=args.stage1_sentences)
-            texts, skipped = corpus.read_counted()
-            train_domain_tag(texts, tag, tm, out / "stage1" / tag, stage1, overwrite=True, skipped=skipped)
+        language_tags(tm, args, config, out)
+        stage1_seconds = time.time() - started
+    if "tags_untrained" in wanted:
+        func = template.function_tag
+        tm.add_tag(func, "function", length=args.tag_length, init_text=config.tag_init_text.get(func))
+        results["trainable_params"]["tags_untrained"] = 0
+        score("tags_untrained", tagged)
+        tm.remove_tag(func)  # the tags row trains it from the same start
+    if "tags" in wanted:
+        started = time.time() - stage1_seconds  # the row's training time counts stage 1 too
         stage3 = TrainConfig(**{**config.to_dict(), "lr": args.tag_lr or args.lr})
         run = train_tagged_task(spec, data, tm, out / "translate", stage3, overwrite=True)
         results["trainable_params"]["tags"] = run["trainable_params"]
@@ -209,12 +221,6 @@ def main(argv=None) -> dict:
             p.numel() for p in tm.tag_vectors.values()
         )
         results["train_seconds"]["tags"] = round(time.time() - started, 1)
-        template = Template(spec.template)
-
-        def tagged(s: Language, t: Language, lines: list[str]):
-            parts = [template.render({"src": s.tag, "tgt": t.tag, "source": x}, prompt=True) for x in lines]
-            return tm.generate(parts, details=True, **vars(decoding))
-
         score("tags", tagged)
     results["rows"] = {r: results["rows"][r] for r in ROWS if r in results["rows"]}  # resumed rows in order
     results.update(
@@ -231,6 +237,18 @@ def main(argv=None) -> dict:
     io.write_json(out / "translation.json", {**results, "settings": vars(args)})
     io.write_text(out / "translation.md", markdown(results))
     return results
+
+
+def language_tags(tm: TaggedModel, args, config: TrainConfig, out: Path) -> None:
+    """Stage 1: the language tags, loaded from `--stage1-tags` or trained on one side of Tatoeba."""
+    stage1 = TrainConfig(**{**config.to_dict(), "stage": "domain", "epochs": args.stage1_epochs})
+    for tag in STAGE1:
+        if args.stage1_tags:
+            tm.load_tags(Path(args.stage1_tags) / tag / "tags")
+            continue
+        corpus = CorpusSource(path=args.data, language=tag, limit=args.stage1_sentences)
+        texts, skipped = corpus.read_counted()
+        train_domain_tag(texts, tag, tm, out / "stage1" / tag, stage1, overwrite=True, skipped=skipped)
 
 
 def language_shares(lid: LanguageIdentifier, texts: list[str], src: Language, tgt: Language) -> dict:

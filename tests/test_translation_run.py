@@ -165,3 +165,25 @@ def test_the_tags_row_can_reuse_stage1_language_tags(model_dir, data_dir, tmp_pa
     second = bench.main(common + tiny + ["--out", str(tmp_path / "b"), *reused])
     assert second["trainable_params"] == first["trainable_params"]
     assert json.loads((tmp_path / "b" / "translation.json").read_text())["settings"]["tag_lr"] == 0.01
+
+
+def test_the_untrained_row_scores_translate_at_its_start_and_the_tags_row_trains_it_afresh(
+    model_dir, data_dir, tmp_path
+):
+    bench = load_bench("translation_bench_untrained")
+    common = ["--model", str(model_dir("llama")), "--data", str(data_dir), "--out", str(tmp_path)]
+    tiny = [*TINY, "--stage1-sentences", "8", "--directions", "it-fr", "--tag-init", "words"]
+    held_at_stage3 = []
+    real = bench.train_tagged_task
+
+    def spy(spec, data, tm, *a, **k):
+        held_at_stage3.append(sorted(tm.specs))
+        return real(spec, data, tm, *a, **k)
+
+    bench.train_tagged_task = spy
+    results = bench.main(common + tiny + ["--rows", "tags_untrained,tags"])
+    assert list(results["rows"]) == ["tags_untrained", "tags"]
+    assert results["trainable_params"]["tags_untrained"] == 0 and results["trainable_params"]["tags"] > 0
+    assert held_at_stage3 == [["DE", "EN", "ES", "FR", "IT", "PT"]]  # <Translate> made anew by stage 3
+    assert "| tags_untrained | 0 |" in (tmp_path / "translation.md").read_text()
+    assert "tags_untrained" not in bench.arguments(common).rows  # asked for by name only
