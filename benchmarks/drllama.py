@@ -153,6 +153,14 @@ def training_data(folder: Path) -> str:
     return hashlib.sha256(json.dumps(items, sort_keys=True).encode("utf-8")).hexdigest()
 
 
+def kept_labels(counts: dict) -> str:
+    """The generated items' labels, every mode together (originals: yes 248 / no 152 / maybe 50 on fold 0)."""
+    if "labels" not in counts:
+        return "-"  # a manifest from before labels were counted
+    generated = [by_label for mode, by_label in counts["labels"].items() if mode != "original"]
+    return " / ".join(str(sum(c[label] for c in generated)) for label in counts["labels"]["original"])
+
+
 def markdown(result: dict) -> str:
     style = result["settings"].get("prompt_style", "chat")
     lines = [
@@ -166,15 +174,17 @@ def markdown(result: dict) -> str:
         "Requests and seconds are this run's (a rerun takes its replies from the cache); completion tokens "
         "are those of every reply used.",
         "",
-        "| mode | requests | generated kept | train total | rejects by reason | completion tokens | s |",
-        "|---|---|---|---|---|---|---|",
+        "| mode | requests | generated kept | kept yes / no / maybe | train total | rejects by reason | "
+        "completion tokens | s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for mode, m in result["augmentation"].items():
         c = m["counts"]
         kept = sum(c["generated"].values())
+        labels = kept_labels(c)
         rejects = ", ".join(f"{k} {v}" for k, v in m["rejects_by_reason"].items() if v) or "none"
         lines.append(
-            f"| {mode} | {c['requests_sent']} | {kept} | {c['train_total']} | {rejects} | "
+            f"| {mode} | {c['requests_sent']} | {kept} | {labels} | {c['train_total']} | {rejects} | "
             f"{m.get('usage', m['usage_this_run'])['completion_tokens']:,} | {m['seconds']} |"
         )
     lines += ["", "## Students", "", result["compare_md"].split("\n", 2)[-1].strip(), ""]

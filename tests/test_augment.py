@@ -369,9 +369,14 @@ def test_cli_unknown_model_and_success(tmp_path):
         assert server.requests >= 1
         result = run_cli(*args, "--model", "fake-teacher", "--out", str(tmp_path / "good"), "--n", "2")
     assert result.returncode == 0, result.stderr
-    assert "generated: rewrite 6)" in " ".join(result.stderr.split())  # counts, not a dict
     assert load_qa_dir(tmp_path / "good").train[-1].id == "i2-rewrite1"
     manifest = json.loads((tmp_path / "good" / "manifest.json").read_text())
+    labels = manifest["counts"]["labels"]
+    assert labels["rewrite"] == {
+        k: 2 * v for k, v in labels["original"].items()
+    }  # each rewrite keeps its label
+    shown = ", ".join(f"{k} {v}" for k, v in labels["rewrite"].items())
+    assert f"generated: rewrite 6 ({shown}))" in " ".join(result.stderr.split())  # counts, not a dict
     assert manifest["data"]["format"] == "qa-jsonl-dir" and manifest["counts"]["train_total"] == 9
 
 

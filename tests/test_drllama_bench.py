@@ -1,6 +1,7 @@
 """benchmarks/drllama.py end to end on tiny models: export, a served teacher, augmentation, a student per
 mode, `domainlm compare`, and a rerun that keeps every finished step."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -33,6 +34,7 @@ def test_the_drllama_bench_runs_and_resumes(model_dir, data_dir, tmp_path):
     assert (tmp_path / "out" / "compare" / "compare.md").is_file()
     md = (tmp_path / "out" / "drllama.md").read_text()
     assert "| rewrite | " in md and "domainlm finetune --method seqcls-lora" in md
+    assert "| 0 | 0 / 0 / 0 | 450 |" in md  # nothing kept, so no label of it either
     assert f"{rewrite_run}: its training set equals seqcls-lora-none-s0's" in md and "(fewshot prompts)" in md
 
     again = subprocess.run(command, capture_output=True, text=True, env=env)  # everything is kept
@@ -42,3 +44,17 @@ def test_the_drllama_bench_runs_and_resumes(model_dir, data_dir, tmp_path):
     # the teacher came back on another port; its replies are still the cache's (refused requests are not)
     answered = counts["requests_sent"] - counts["failed_requests"]
     assert rerun["augmentation"]["rewrite"]["counts"]["replies_from_cache"] == answered > 0
+
+
+def test_kept_labels_add_up_the_generated_modes_only(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH.parent))  # the bench imports its sibling serve_throughput
+    spec = importlib.util.spec_from_file_location("drllama_bench", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    labels = {
+        "original": {"yes": 248, "no": 152, "maybe": 50},
+        "rewrite": {"yes": 93, "no": 35, "maybe": 17},
+        "new": {"yes": 58, "no": 160, "maybe": 23},
+    }
+    assert bench.kept_labels({"labels": labels}) == "151 / 195 / 40"
+    assert bench.kept_labels({"generated": {}}) == "-"  # a manifest from before labels were counted

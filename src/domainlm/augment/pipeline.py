@@ -25,7 +25,7 @@ from domainlm.augment.replies import REASONS, Filters, NearDuplicates, judge_rep
 from domainlm.augment.reply_cache import Reply, ReplyCache, request_key
 from domainlm.augment.teachers import MalformedReply, RequestFailed, RetryableError, Teacher
 from domainlm.errors import InputError
-from domainlm.qa.data import QAItem, QASplits, write_qa_jsonl
+from domainlm.qa.data import LABELS, QAItem, QASplits, write_qa_jsonl
 
 MODES = {"rewrite": ("rewrite",), "new": ("new",), "combined": ("rewrite", "new")}
 MAX_BACKOFF_S = 60.0
@@ -354,6 +354,11 @@ def _manifest(config, teacher, templates, stats, accepted, rejects, originals, d
         "counts": {
             "train_originals": len(originals),
             "generated": dict(Counter(item.source for item in accepted)),
+            # a teacher may keep the labels but not their balance, and a student learns the balance it sees
+            "labels": {
+                "original": label_counts(originals),
+                **{mode: label_counts([i for i in accepted if i.source == mode]) for mode in config.modes},
+            },
             "train_total": len(originals) + len(accepted),
             "requests_planned": stats.jobs,
             "replies_from_cache": stats.from_cache,
@@ -378,6 +383,12 @@ def _manifest(config, teacher, templates, stats, accepted, rejects, originals, d
         },
         "wall_seconds": round(time.time() - started, 3),
     }
+
+
+def label_counts(items) -> dict[str, int]:
+    """{"yes": n, "no": n, "maybe": n}, every label present."""
+    counts = Counter(item.label for item in items)
+    return {label: counts.get(label, 0) for label in LABELS}
 
 
 @contextlib.contextmanager

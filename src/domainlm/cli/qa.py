@@ -169,7 +169,12 @@ def augment(
     counts, usage = manifest["counts"], manifest["usage_this_run"]
     cost = manifest["cost"]["estimated_usd_this_run"]
     rejects = ", ".join(f"{k} {v}" for k, v in manifest["rejects_by_reason"].items() if v) or "none"
-    generated = ", ".join(f"{mode} {n}" for mode, n in counts["generated"].items()) or "none"
+    generated = (
+        ", ".join(
+            f"{mode} {n} ({shown_labels(counts['labels'][mode])})" for mode, n in counts["generated"].items()
+        )
+        or "none"
+    )
     console.print(
         f"wrote {out}: train {counts['train_total']} ({counts['train_originals']} original, "
         f"generated: {generated}); rejects: {rejects}; requests {counts['requests_sent']} "
@@ -183,6 +188,10 @@ def augment(
             f"{counts['failed_requests']} request(s) failed (rejects.jsonl says why); the outputs were "
             "written without them. Rerun the same command to retry only those."
         )
+
+
+def shown_labels(counts: dict[str, int]) -> str:
+    return ", ".join(f"{label} {n}" for label, n in counts.items())
 
 
 @functools.cache
