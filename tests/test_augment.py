@@ -204,7 +204,7 @@ def test_bad_template_fields(tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('[prompt]\nQ: {question}\nA:\n[stop]\n"\\n"\nnot json', "rewrite.txt, line 6: 'not json' is not"),
+        ('[prompt]\nQ: {question}\nA:\n[stop]\n"\\n"\nnot json', r"rewrite.txt, line 6: \[stop\] entry 'not"),
         ('[prompt]\nQ: {question}\n[stop]\n""', "line 4"),  # an empty stop sequence
         ("[prompt]\nQ: {question}\n[user]\nand a chat turn", "no \\[system\\] or \\[user\\]"),
         ('[user]\nQ: {question}\n[stop]\n"###"', "belong to \\[prompt\\] templates|not chat ones"),

@@ -101,7 +101,7 @@ def _stops(section: str, first_line: int, source: str) -> tuple[str, ...]:
             stop = None
         if not isinstance(stop, str) or not stop:
             raise InputError(
-                f'{line.strip()!r} is not a JSON string such as "\\n###"',
+                f'[stop] entry {line.strip()!r} is not a JSON string such as "\\n###"',
                 source=f"{source}, line {number}",
             )
         stops.append(stop)
