@@ -87,6 +87,12 @@ def arguments(argv=None):
         help="how new tags start: the paper's mean embedding, or the embeddings of words (<FR>: 'French', "
         f"<Translate>: {TRANSLATE_WORDS!r})",
     )
+    p.add_argument(
+        "--multiway",
+        action="store_true",
+        help="train on English sentences translated into several of the trained languages first, each with "
+        "all its directions, so that only the target language tag tells the outputs apart",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--tag-length", type=int, default=10)
@@ -133,7 +139,12 @@ def main(argv=None) -> dict:
     )
     spec = get_task("translation")
     data = spec.load(
-        args.data, directions=args.trained, limit_train=args.train_pairs, limit_eval=20, seed=args.seed
+        args.data,
+        directions=args.trained,
+        limit_train=args.train_pairs,
+        limit_eval=20,
+        seed=args.seed,
+        multiway=args.multiway,
     )
     results: dict = {"rows": {}, "trainable_params": {}, "train_seconds": {}}
     if args.resume:

@@ -92,3 +92,23 @@ def test_stage1_reads_one_side_of_a_tatoeba_folder(tmp_path):
     plain = tmp_path / "plain.txt"
     plain.write_text("one\n\n  \ntwo\n")
     assert CorpusSource(path=str(plain), tag="XX").read_counted() == (["one", "two"], Counter(empty=2))
+
+
+def test_multiway_training_puts_english_sentences_with_several_targets_first_and_whole(tmp_path):
+    shared = [f"Shared {i}." for i in range(6)]  # translated into French and German
+    only_fr = [f"French only {i}." for i in range(6)]
+    tatoeba(
+        tmp_path,
+        {
+            "eng-fra": (shared + only_fr, [f"Fr {s}" for s in shared + only_fr]),
+            "deu-eng": ([f"De {s}" for s in shared], shared),
+        },
+    )
+    spec = get_task("translation")
+    options = dict(directions="en-fr,fr-en,en-de,de-en", val_size=0, test_size=0, seed=3)
+    data = spec.load(tmp_path, multiway=True, limit_train=12, **options)
+    english = [ex.fields["source"] if ex.fields["src"] == "EN" else ex.fields["target"] for ex in data.train]
+    assert len(english) == 12 and set(english) <= set(shared)  # 3 sentences x 4 directions, nothing else
+    assert all(english[i] == english[i + 3] for i in range(0, 12, 4))  # each sentence's directions together
+    full = spec.load(tmp_path, multiway=True, **options)  # no limit: every example, multi-way ones first
+    assert len(full.train) == len(spec.load(tmp_path, **options).train) == 6 * 4 + 6 * 2

@@ -204,10 +204,12 @@ def load_translation(
     seed: int = 0,
     limit_train: int | None = None,
     limit_eval: int | None = None,
+    multiway: bool = False,
 ) -> TaskData:
     """Tatoeba pairs of `directions`, split per sentence pair by `seed`: `test_size` and `val_size` pairs per
     language pair held out, the rest trains. Pairs over `max_chars` on a side, or with a side in FLORES
-    devtest, are dropped, counted."""
+    devtest, are dropped, counted. `multiway`: the training examples are first those of English sentences
+    translated into two or more other languages, each with all its directions (see `multiway_first`)."""
     pairs = parse_directions(directions)
     folder = tatoeba_dir(data_dir)
     flores = _flores_sentences(data_dir, {lang for pair in pairs for lang in pair})
@@ -233,15 +235,39 @@ def load_translation(
                     if (src, tgt) in pairs:
                         example_id = f"{file_a.stem}:{n}:{src.tag}"
                         splits[name].append(translation_example(src, tgt, s, t, example_id))
-    train = limit_examples(splits["train"], limit_train, seed)
+    if multiway:
+        train = multiway_first(splits["train"], seed)[:limit_train]
+    else:
+        train = limit_examples(splits["train"], limit_train, seed)
     val = limit_examples(splits["val"], limit_eval, seed)
     test = limit_examples(splits["test"], limit_eval, seed)
     info = {
         "source": str(folder),
         "directions": [f"{s.tag}-{t.tag}" for s, t in pairs],
         "split": f"per sentence pair, seed {seed}; FLORES devtest sentences excluded",
+        **({"train_order": "multi-way English sentences first"} if multiway else {}),
     }
     return TaskData(train, val, test, skipped, info)
+
+
+def multiway_first(examples: list[Example], seed: int) -> list[Example]:
+    """The examples grouped by their English side, groups whose sentence is translated into two or more other
+    languages first (each group whole, groups in seeded random order), then the rest. Trained on independent
+    pairs, EN->X examples let the source word order alone suggest X; the same English sentence asked for in
+    French, German and Italian can only be told apart by the target language tag."""
+    groups: dict[str, list[Example]] = {}
+    for ex in examples:
+        f = ex.fields
+        english = f["source"] if f["src"] == "EN" else f["target"] if f["tgt"] == "EN" else None
+        groups.setdefault(english if english is not None else ex.id, []).append(ex)
+
+    def languages(group: list[Example]) -> int:
+        return len({ex.fields["tgt"] if ex.fields["src"] == "EN" else ex.fields["src"] for ex in group})
+
+    keys = list(groups)
+    random.Random(seed).shuffle(keys)
+    keys.sort(key=lambda key: languages(groups[key]) < 2)  # stable: the shuffle holds within each part
+    return [ex for key in keys for ex in groups[key]]
 
 
 def _flores_sentences(data_dir, languages) -> set[str]:
