@@ -252,9 +252,9 @@ def load_translation(
 
 def multiway_first(examples: list[Example], seed: int) -> list[Example]:
     """The examples grouped by their English side, groups whose sentence is translated into two or more other
-    languages first (each group whole, groups in seeded random order), then the rest. Trained on independent
-    pairs, EN->X examples let the source word order alone suggest X; the same English sentence asked for in
-    French, German and Italian can only be told apart by the target language tag."""
+    languages first (each group whole, groups in seeded random order), then the rest. When one English
+    sentence is asked for in French, German and Italian, nothing in its wording tells the outputs apart:
+    only the target language tag does."""
     groups: dict[str, list[Example]] = {}
     for ex in examples:
         f = ex.fields
