@@ -34,7 +34,7 @@ from domainlm.engine.generation import Decoding
 from domainlm.engine.model import TaggedModel
 from domainlm.engine.template import Template
 from domainlm.langid import LanguageIdentifier
-from domainlm.tagruns import train_domain_tag, train_tagged_task
+from domainlm.tagruns import prepare_generative_tags, train_domain_tag, train_tagged_task
 from domainlm.tasks import get_task
 from domainlm.tasks.translation import (
     LANGUAGES,
@@ -218,20 +218,19 @@ def main(argv=None) -> dict:
         language_tags(tm, args, config, out)
         stage1_seconds = time.time() - started
     if "tags_untrained" in wanted:
-        func = template.function_tag
-        tm.add_tag(func, "function", length=args.tag_length, init_text=config.tag_init_text.get(func))
+        prepare_generative_tags(tm, template, data.train, config)  # <Translate> as stage 3 would start it
         results["trainable_params"]["tags_untrained"] = 0
         score("tags_untrained", tagged)
-        tm.remove_tag(func)  # the tags row trains it from the same start
+        tm.remove_tag(template.function_tag)  # the tags row trains it from the same start
     if "tags" in wanted:
-        started = time.time() - stage1_seconds  # the row's training time counts stage 1 too
+        started = time.time()
         stage3 = TrainConfig(**{**config.to_dict(), "lr": args.tag_lr or args.lr})
         run = train_tagged_task(spec, data, tm, out / "translate", stage3, overwrite=True)
         results["trainable_params"]["tags"] = run["trainable_params"]
         results["trainable_params"]["tags_with_language_tags"] = sum(
             p.numel() for p in tm.tag_vectors.values()
         )
-        results["train_seconds"]["tags"] = round(time.time() - started, 1)
+        results["train_seconds"]["tags"] = round(stage1_seconds + time.time() - started, 1)  # both stages
         score("tags", tagged)
     results["rows"] = {r: results["rows"][r] for r in ROWS if r in results["rows"]}  # resumed rows in order
     results.update(
