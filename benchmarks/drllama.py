@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import yaml
+
 from domainlm import io
 from domainlm.qa.data import load_qa_dir
 from domainlm.qa.students.prompt_fit import KEEP
@@ -110,7 +112,7 @@ def students(args, pqa: Path, modes: list[str], commands: list[str], env: dict) 
     trained because their mode's training data equals an earlier mode's, e.g. when the teacher's replies
     were all filtered out -> the run that stands for them)."""
     seconds, same = {}, {}
-    cut = "" if args.keep_context == KEEP[0] else f"-keep{args.keep_context}"  # the default: no suffix
+    settings = student_suffix(args)
     folders = {mode: pqa if mode == "none" else args.work / f"aug-{mode}{variant(args)}" for mode in modes}
     fingerprints = {mode: training_data(folder) for mode, folder in folders.items()}
     for method in args.methods:
@@ -118,7 +120,7 @@ def students(args, pqa: Path, modes: list[str], commands: list[str], env: dict) 
             trained_on: dict[str, str] = {}  # training data fingerprint -> the run trained on it
             for mode in modes:
                 teacher = "" if mode == "none" else variant(args)  # no teacher: runs shared by every setting
-                run_dir = args.work / "runs" / f"{method}-{mode}{teacher}-s{seed}{cut}"
+                run_dir = args.work / "runs" / f"{method}-{mode}{teacher}-s{seed}{settings}"
                 data, fingerprint = folders[mode], fingerprints[mode]
                 if fingerprint in trained_on:
                     same[run_dir.name] = trained_on[fingerprint]
@@ -127,6 +129,7 @@ def students(args, pqa: Path, modes: list[str], commands: list[str], env: dict) 
                     )
                     continue
                 trained_on[fingerprint] = run_dir.name
+                check_kept_run(run_dir, args, method, seed)
                 if (run_dir / "metrics.json").is_file():
                     seconds[run_dir.name] = 0.0
                     continue
@@ -144,6 +147,45 @@ def students(args, pqa: Path, modes: list[str], commands: list[str], env: dict) 
                 run(command, commands, env)
                 seconds[run_dir.name] = round(time.time() - started, 1)
     return seconds, same
+
+
+# A run folder's name carries each student setting that differs from these, the first runs' settings (their
+# folders predate the suffix), so a finished run made with other settings is never kept for these.
+STUDENT_DEFAULTS = {
+    "student": ("", "smollm2-135m"),
+    "epochs": ("e", 2),
+    "lr": ("lr", 1e-3),
+    "max_length": ("len", 256),
+    "batch_size": ("b", 8),
+    "grad_accum": ("acc", 2),
+    "keep_context": ("keep", KEEP[0]),
+}
+
+
+def student_suffix(args) -> str:
+    """`-lr0.01-keepend` for a run at lr 1e-2 keeping the context's end; "" at the defaults."""
+    parts = []
+    for key, (short, default) in STUDENT_DEFAULTS.items():
+        value = getattr(args, key)
+        if value != default:
+            if key == "student":
+                value = Path(value).name
+            parts.append(f"-{short}{value:g}" if isinstance(value, float) else f"-{short}{value}")
+    return "".join(parts)
+
+
+def check_kept_run(run_dir: Path, args, method: str, seed: int) -> None:
+    """A run folder made by other settings (a folder renamed by hand, or made before a setting was named)
+    stops the bench rather than being kept or resumed as if it were this setting's."""
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        return
+    made = yaml.safe_load(config.read_text()) or {}
+    wanted = {"method": method, "model": args.student, "seed": seed}
+    wanted |= {key: getattr(args, key) for key in STUDENT_DEFAULTS if key != "student"}
+    differ = [f"{key} {made.get(key)!r} (asked {v!r})" for key, v in wanted.items() if made.get(key) != v]
+    if differ:
+        raise SystemExit(f"{run_dir} was made with other settings: {', '.join(differ)}; move it away, rerun")
 
 
 def training_data(folder: Path) -> str:

@@ -251,3 +251,5 @@ def test_row_stops_see_a_stop_late_in_a_long_completion_and_across_tokens():
         ended.append(stops(ids[:, : len(prompt) + made], None).tolist())
     assert stops.at == [62, None] and stops.tail < 20  # "the" is the 62nd token
     assert ended[60] == [False, False] and ended[61] == [True, False] and ended[-1] == [True, False]
+    # a byte-level tokenizer may spend a token on each byte of "→" (3 in UTF-8): the tail covers them all
+    assert RowStops([("→",)], tok, start=0).tail == 3 + RowStops.SLACK

@@ -234,8 +234,8 @@ class RowStops:
     text, so a stop string split across tokens is still seen. `at[row]`: completion tokens when it stopped.
 
     Checked after every token, so a stop can only have ended in the newest one: decoding a tail of the
-    completion (a token per stop character and some slack) sees it, at a cost that does not grow with
-    the completion."""
+    completion (a token per byte of the stop, as a byte-level tokenizer may spend one on each byte of a
+    character, and some slack) sees it, at a cost that does not grow with the completion."""
 
     SLACK = 8  # tokens that decode to no character (special, split bytes) before a stop
 
@@ -243,7 +243,7 @@ class RowStops:
         self.stops, self.tokenizer, self.start = stops, tokenizer, start
         self.at: list[int | None] = [None] * len(stops)
         self.active = any(stops)
-        self.tail = max((len(s) for row in stops for s in row), default=0) + self.SLACK
+        self.tail = max((len(s.encode("utf-8")) for row in stops for s in row), default=0) + self.SLACK
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
