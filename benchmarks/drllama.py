@@ -112,10 +112,10 @@ def students(args, pqa: Path, modes: list[str], commands: list[str], env: dict) 
     trained because their mode's training data equals an earlier mode's, e.g. when the teacher's replies
     were all filtered out -> the run that stands for them)."""
     seconds, same = {}, {}
-    settings = student_suffix(args)
     folders = {mode: pqa if mode == "none" else args.work / f"aug-{mode}{variant(args)}" for mode in modes}
     fingerprints = {mode: training_data(folder) for mode, folder in folders.items()}
     for method in args.methods:
+        settings = student_suffix(args, method)
         for seed in args.seeds:
             trained_on: dict[str, str] = {}  # training data fingerprint -> the run trained on it
             for mode in modes:
@@ -141,6 +141,8 @@ def students(args, pqa: Path, modes: list[str], commands: list[str], env: dict) 
                 )  # fmt: skip
                 if method in GENERATIVE:
                     command += ["--answer-scoring", "likelihood", "--no-long-answer", "--greedy"]
+                else:
+                    command += ["--class-weight", args.class_weight]
                 if (run_dir / "config.yaml").is_file():
                     command += ["--resume"]
                 started = time.time()
@@ -159,14 +161,23 @@ STUDENT_DEFAULTS = {
     "batch_size": ("b", 8),
     "grad_accum": ("acc", 2),
     "keep_context": ("keep", KEEP[0]),
+    "class_weight": ("cw", "none"),  # classifier students only
 }
 
 
-def student_suffix(args) -> str:
+def student_settings(args, method: str) -> dict:
+    """The settings a `method` student run is made with (class weights: classifier students only)."""
+    settings = {key: getattr(args, key) for key in STUDENT_DEFAULTS}
+    if method in GENERATIVE:
+        settings["class_weight"] = "none"
+    return settings
+
+
+def student_suffix(args, method: str) -> str:
     """`-lr0.01-keepend` for a run at lr 1e-2 keeping the context's end; "" at the defaults."""
     parts = []
-    for key, (short, default) in STUDENT_DEFAULTS.items():
-        value = getattr(args, key)
+    for key, value in student_settings(args, method).items():
+        short, default = STUDENT_DEFAULTS[key]
         if value != default:
             if key == "student":
                 value = Path(value).name
@@ -182,8 +193,10 @@ def check_kept_run(run_dir: Path, args, method: str, seed: int) -> None:
         return
     made = yaml.safe_load(config.read_text()) or {}
     wanted = {"method": method, "model": args.student, "seed": seed}
-    wanted |= {key: getattr(args, key) for key in STUDENT_DEFAULTS if key != "student"}
-    differ = [f"{key} {made.get(key)!r} (asked {v!r})" for key, v in wanted.items() if made.get(key) != v]
+    wanted |= {key: v for key, v in student_settings(args, method).items() if key != "student"}
+    # a setting older runs do not record was at its default
+    made = {key: made.get(key, STUDENT_DEFAULTS.get(key, (None, None))[1]) for key in wanted}
+    differ = [f"{key} {made[key]!r} (asked {v!r})" for key, v in wanted.items() if made[key] != v]
     if differ:
         raise SystemExit(f"{run_dir} was made with other settings: {', '.join(differ)}; move it away, rerun")
 
@@ -251,6 +264,12 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--max-length", type=int, default=256, help="student tokens per item (context cut)")
     ap.add_argument("--keep-context", choices=KEEP, default=KEEP[0], help="context part kept")
+    ap.add_argument(
+        "--class-weight",
+        choices=("none", "balanced"),
+        default="none",
+        help="classifier students: weigh each answer by its rarity in the loss",
+    )
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--grad-accum", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=16, help="teacher requests in flight")

@@ -70,14 +70,16 @@ def test_run_folders_name_their_student_settings_and_refuse_another_settings_run
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     defaults = {"epochs": 2, "lr": 1e-3, "max_length": 256, "batch_size": 8, "grad_accum": 2}
-    args = SimpleNamespace(student="smollm2-135m", keep_context="start", **defaults)
-    assert bench.student_suffix(args) == ""  # the first runs' settings: their folder names are kept
-    args.lr, args.keep_context = 1e-2, "end"
-    assert bench.student_suffix(args) == "-lr0.01-keepend"
+    args = SimpleNamespace(student="smollm2-135m", keep_context="start", class_weight="none", **defaults)
+    assert bench.student_suffix(args, "prefix") == ""  # the first runs' settings: their folder names are kept
+    args.lr, args.keep_context, args.class_weight = 1e-2, "end", "balanced"
+    assert bench.student_suffix(args, "seqcls-lora") == "-lr0.01-keepend-cwbalanced"
+    assert bench.student_suffix(args, "prefix") == "-lr0.01-keepend"  # class weights: classifiers only
     run = tmp_path / "prefix-none-s0-lr0.01-keepend"
     run.mkdir()
     bench.check_kept_run(run, args, "prefix", 0)  # no config yet: a fresh run
     made = {"method": "prefix", "model": "smollm2-135m", "seed": 0, "keep_context": "end", **defaults}
+    # no class_weight recorded: a run from before the setting, made at its default
     (run / "config.yaml").write_text(yaml.safe_dump(made))
     with pytest.raises(SystemExit, match=r"other settings: lr 0.001 \(asked 0.01\)"):
         bench.check_kept_run(run, args, "prefix", 0)

@@ -81,13 +81,13 @@ def augmented_qa_dir(path):
 @pytest.fixture(scope="module")
 def runs(setup):
     """Three students finetuned into one folder: lora (greedy, a checkpoint every step), seqcls-lora on
-    augmented data and a tag student."""
+    augmented data and a tag student with balanced class weights."""
     root = setup["root"] / "runs"
     augmented = augmented_qa_dir(setup["root"] / "augmented")
     finetunes = [
         ("lora", setup["llama"], setup["qa"], ["--greedy", "--save-every", "1"]),
         ("seqcls-lora", setup["bert"], augmented, []),
-        ("tag", setup["bert"], setup["qa"], ["--tag-length", "4"]),
+        ("tag", setup["bert"], setup["qa"], ["--tag-length", "4", "--class-weight", "balanced"]),
     ]
     for method, model, data, extra in finetunes:
         args = ["--method", method, "--model", model, "--data", data, "--out", root / method, *extra]
@@ -169,8 +169,13 @@ def test_evaluate_qa_scores_answers_by_likelihood_and_never_fails_to_parse(runs)
     assert code != 0 and "answer scoring" in out
 
 
-def test_tag_student_saves_its_tag_library(runs):
+def test_tag_student_saves_its_tag_library_and_records_its_class_weights(runs):
     assert (runs / "tag" / "tags" / "tags.json").is_file()
+    config = yaml.safe_load((runs / "tag" / "config.yaml").read_text())
+    labels = [json.loads(line)["label"] for line in (runs.parent / "qa" / "train.jsonl").open()]
+    weights = config["resolved"]["class_weights"]
+    assert config["class_weight"] == "balanced" and set(weights) == {"yes", "no", "maybe"}
+    assert sum(weights[label] for label in labels) == pytest.approx(len(labels))  # n / (3 x count) each
 
 
 def test_compare_reads_augmentation_and_teacher_from_the_manifest(runs, compared):
@@ -195,7 +200,7 @@ def test_compare_adds_majority_baselines_published_results_and_a_plot(runs, comp
     gpt4 = next(r for r in rows if r["student"] == "GPT-4 5-shot")
     assert gpt4["accuracy"] == 0.744 and gpt4["data"] == "official test"
     assert "| ours | bert | seqcls-lora | rewrite | teacher-7b | official test | - |" in table
-    assert "| published | GPT-4 5-shot | - | - | - | official test | - | 0.744 |" in table
+    assert "| published | GPT-4 5-shot | - | - | - | official test | - | - | 0.744 |" in table
     assert (runs.parent / "table" / "compare.png").stat().st_size > 1000  # the plot beside the table
 
 
@@ -277,3 +282,24 @@ def test_compare_merges_runs_that_differ_only_in_their_seed(runs, tmp_path):
     assert ours["accuracy_std"] == pytest.approx(0.0707, abs=1e-4) and ours["macro_f1_std"] == 0.0
     assert len(ours["run"]) == 2
     assert "| 0.550 ± 0.071 |" in (tmp_path / "table" / "compare.md").read_text()
+
+
+def test_compare_keeps_runs_of_other_training_settings_apart_and_names_what_differs(runs, tmp_path):
+    import shutil
+
+    for name, changes in {"base": {}, "keepend": {"keep_context": "end", "lr": 0.02}}.items():
+        run = shutil.copytree(runs / "seqcls-lora", tmp_path / "runs" / name)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        config.pop("class_weight", None)  # as a run from before the setting: its default, none
+        (run / "config.yaml").write_text(yaml.safe_dump({**config, **changes}))
+    code, out = run_cli("compare", "--runs", tmp_path / "runs", "--out", tmp_path / "table")
+    assert code == 0, out
+    rows = json.loads((tmp_path / "table" / "compare.json").read_text())["rows"]
+    ours = [r for r in rows if r["kind"] == "ours"]
+    assert [r["seeds"] for r in ours] == [1, 1]  # same seed, other settings: never merged as seeds
+    lr = yaml.safe_load((runs / "seqcls-lora" / "config.yaml").read_text())["lr"]
+    assert sorted(r["settings"] for r in ours) == [
+        f"lr {lr}, keep_context start",
+        "lr 0.02, keep_context end",
+    ]
+    assert "| lr 0.02, keep_context end |" in (tmp_path / "table" / "compare.md").read_text()

@@ -227,3 +227,26 @@ def test_keep_context_end_feeds_the_end_of_a_long_context(models, method):
     assert "resultsimproved" in text and "doesitwork?" in text and "background" not in text[:30]
     with pytest.raises(InputError, match="keep_context"):
         student_config(models["llama"], method, keep_context="middle")
+
+
+@pytest.mark.parametrize(("method", "family"), [("seqcls-lora", "llama"), ("tag", "bert")])
+def test_balanced_class_weights_weigh_each_answer_by_its_rarity(models, method, family):
+    student = get_method(method).build(student_config(models[family], method, class_weight="balanced"))
+    labels = ["yes"] * 6 + ["no"] * 3 + ["maybe"]
+    assert student.weigh_classes(labels) == pytest.approx({"yes": 10 / 18, "no": 10 / 9, "maybe": 10 / 3})
+    batch = student.collate([student.encode(item, train=True).features for item in ITEMS])
+    logits = student.logits(batch).float()
+    targets = torch.tensor([["yes", "no", "maybe"].index(item.label) for item in ITEMS])
+    weights = torch.tensor([10 / 18, 10 / 9, 10 / 3])[targets]
+    chosen = logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
+    expected = -(weights * chosen).sum() / weights.sum()  # torch's weighted mean
+    assert student.loss(batch).item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(InputError, match="no training item is labelled maybe"):
+        student.weigh_classes(["yes", "no"])
+
+
+def test_class_weights_are_checked_and_only_for_classifier_students(models):
+    with pytest.raises(InputError, match="class_weight must be one of none, balanced"):
+        student_config(models["bert"], "seqcls-lora", class_weight="inverse")
+    with pytest.raises(InputError, match="for classifier students"):
+        student_config(models["llama"], "lora", class_weight="balanced")

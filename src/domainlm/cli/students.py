@@ -95,6 +95,7 @@ def finetune_command(
     keep_context: Annotated[str, _opt("keep_context")] = DEFAULT["keep_context"],
     max_answer_tokens: Annotated[int, _opt("max_answer_tokens")] = DEFAULT["max_answer_tokens"],
     long_answer: Annotated[bool, _opt("long_answer")] = DEFAULT["long_answer"],
+    class_weight: Annotated[str, _opt("class_weight")] = DEFAULT["class_weight"],
     seed: Annotated[int, _opt("seed")] = DEFAULT["seed"],
     limit: Annotated[int | None, _opt("limit")] = DEFAULT["limit"],
     save_every: Annotated[int, _opt("save_every")] = DEFAULT["save_every"],

@@ -4,14 +4,17 @@ classification model (head trained in full); `tag` reads a learned function tag 
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from domainlm import backbone
 from domainlm.batching import pad_batch
 from domainlm.engine.library import TagLibrary
 from domainlm.engine.model import TaggedModel
+from domainlm.errors import InputError
 from domainlm.qa.data import LABELS
 from domainlm.qa.students.prompt_fit import fit_prompt
 from domainlm.qa.students.student import EncodedItem, Prediction, Student, register_method
@@ -22,6 +25,23 @@ LABEL_INDEX = {label: i for i, label in enumerate(LABELS)}
 class ClassifierStudent(Student):
     kind = "classifier"
     reserved_tokens = 0  # input positions the method adds itself (e.g. tag vectors)
+    class_weights: torch.Tensor | None = None  # per answer, in LABELS order; set by `weigh_classes`
+
+    def weigh_classes(self, labels: list[str]) -> dict[str, float]:
+        """Balanced weights from the training labels, n / (3 x count) per answer, used by `loss` hereafter."""
+        counts = Counter(labels)
+        missing = [label for label in LABELS if not counts[label]]
+        if missing:
+            raise InputError(f"class_weight balanced: no training item is labelled {', '.join(missing)}")
+        weights = {label: len(labels) / (len(LABELS) * counts[label]) for label in LABELS}
+        self.class_weights = torch.tensor(list(weights.values()), device=self.device)
+        return weights
+
+    def loss(self, batch: dict):
+        if self.class_weights is None:
+            return super().loss(batch)
+        labels = batch["labels"].to(self.device)
+        return F.cross_entropy(self.logits(batch).float(), labels, weight=self.class_weights)
 
     def encode(self, item, *, train: bool) -> EncodedItem:
         budget = self.config.max_length - self.reserved_tokens

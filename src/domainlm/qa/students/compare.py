@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import statistics
+from dataclasses import fields
 from pathlib import Path
 
 import yaml
@@ -13,6 +14,7 @@ import yaml
 from domainlm import io, plots
 from domainlm.errors import InputError
 from domainlm.qa.students.anchors import PUBLISHED, SOURCE
+from domainlm.qa.students.config import StudentConfig
 
 AUGMENTATION_ORDER = ("none", "rewrite", "new", "combined")
 COLUMNS = (
@@ -23,6 +25,7 @@ COLUMNS = (
     "teacher",
     "data",
     "decoding",
+    "settings",
     "accuracy",
     "macro_f1",
     "parse_failures",
@@ -32,7 +35,22 @@ COLUMNS = (
     "run",
 )
 # What makes two runs the same setting, seeds apart; their rows merge into one (mean and standard deviation)
-SETTING = ("student", "method", "augmentation", "teacher", "data", "decoding", "trainable_parameters")
+SETTING = (
+    "student",
+    "method",
+    "augmentation",
+    "teacher",
+    "data",
+    "decoding",
+    "settings",
+    "trainable_parameters",
+)
+# Training settings: those that differ between the compared runs are named in each row (and keep rows apart).
+RECIPE = (
+    "epochs", "lr", "batch_size", "grad_accum", "warmup_ratio", "weight_decay", "max_grad_norm", "lora_rank",
+    "lora_alpha", "lora_dropout", "target_modules", "num_virtual_tokens", "tag_length", "max_length",
+    "keep_context", "max_answer_tokens", "long_answer", "class_weight", "limit",
+)  # fmt: skip
 SPREAD = ("accuracy", "macro_f1", "dev_accuracy")
 
 
@@ -78,7 +96,21 @@ def run_row(path: Path) -> dict | None:
         "seeds": 1,
         "run": str(path),
         "_majority": report.get("majority", {}).get("test"),
+        "_recipe": {key: config.get(key, RECIPE_DEFAULTS[key]) for key in RECIPE},
     }
+
+
+# what a setting an older run does not record was
+RECIPE_DEFAULTS = {f.name: f.default for f in fields(StudentConfig) if f.name in RECIPE}
+
+
+def name_settings(rows: list[dict]) -> None:
+    """Each row's `settings`: the training settings whose values differ between the rows ("lr 0.01,
+    keep_context end"), "-" where every run was trained alike."""
+    varying = [key for key in RECIPE if len({repr(row["_recipe"][key]) for row in rows}) > 1]
+    for row in rows:
+        recipe = row.pop("_recipe")
+        row["settings"] = ", ".join(f"{key} {recipe[key]}" for key in varying) or "-"
 
 
 def data_name(path: str, info: dict) -> str:
@@ -98,7 +130,10 @@ def compare_runs(patterns: list[str], out: str | Path) -> list[dict]:
     ours = [row for row in map(run_row, runs) if row is not None]
     if not ours:
         raise InputError(f"none of the {len(runs)} run(s) has metrics.json yet")
-    ours.sort(key=lambda r: (r["student"], _aug_rank(r["augmentation"]), r["method"], r["data"]))
+    name_settings(ours)
+    ours.sort(
+        key=lambda r: (r["student"], _aug_rank(r["augmentation"]), r["method"], r["data"], r["settings"])
+    )
     baselines = {}
     for row in ours:
         majority = row.pop("_majority")
@@ -166,6 +201,8 @@ def row_label(row: dict) -> str:
         parts = [row["student"], row["method"], f"aug {row['augmentation']}", row["data"]]
         if row.get("decoding") == "likelihood":
             parts.append("likelihood")
+        if row.get("settings") not in (None, "-"):
+            parts.append(row["settings"])
         return " / ".join(str(p) for p in parts)
     return f"{row['kind']}: {row['student']} / {row['data']}"
 
@@ -176,10 +213,10 @@ def _aug_rank(name: str) -> int:
 
 def markdown(rows: list[dict]) -> str:
     header = (
-        "| | student | method | augmentation | teacher | data | decoding | test accuracy | test macro-F1 | "
-        "parse failures | dev accuracy | trainable params | seeds |"
+        "| | student | method | augmentation | teacher | data | decoding | settings | test accuracy | "
+        "test macro-F1 | parse failures | dev accuracy | trainable params | seeds |"
     )
-    lines = ["# PubMedQA students", "", header, "|" + "---|" * 13]
+    lines = ["# PubMedQA students", "", header, "|" + "---|" * 14]
     for r in rows:
         cells = [_cell(column, r[column], r.get(f"{column}_std")) for column in COLUMNS if column != "run"]
         lines.append("| " + " | ".join("-" if c is None else str(c) for c in cells) + " |")

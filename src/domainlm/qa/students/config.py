@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field, fields
 from domainlm.errors import InputError
 from domainlm.qa.students.prompt_fit import KEEP
 
+CLASS_WEIGHTS = ("none", "balanced")
+
 
 def _opt(default, help: str, **kw):
     return field(default=default, metadata={"help": help}, **kw)
@@ -54,6 +56,11 @@ class StudentConfig:
         "generative students: write the long answer before the answer sentence (the paper); off: the "
         "sentence alone, so the prompt keeps more context and likelihood scoring needs no generation",
     )
+    class_weight: str = _opt(
+        "none",
+        "classifier students: none, or balanced (each answer weighs n / (3 x its training count) in the "
+        "loss, dev loss included, so the rare 'maybe' is not ignored; macro-F1 weighs the answers alike)",
+    )
     seed: int = _opt(0, "seed for adapter initialisation, data order and dropout")
     limit: int | None = _opt(None, "use only the first N items of each split (for trials)")
     save_every: int = _opt(50, "optimizer steps between checkpoints (0: only at the end of each epoch)")
@@ -90,6 +97,15 @@ class StudentConfig:
             raise InputError(f"invalid setting(s): {', '.join(bad)}")
         if self.keep_context not in KEEP:
             raise InputError(f"keep_context must be one of {', '.join(KEEP)}, got {self.keep_context!r}")
+        if self.class_weight not in CLASS_WEIGHTS:
+            raise InputError(
+                f"class_weight must be one of {', '.join(CLASS_WEIGHTS)}, got {self.class_weight!r}"
+            )
+        if self.class_weight != "none" and self.method in {"lora", "prefix"}:
+            raise InputError(
+                f"class_weight {self.class_weight} is for classifier students (seqcls-lora, tag); a "
+                f"{self.method} student writes its answer as text"
+            )
         if self.device not in {"auto", "cpu", "cuda"}:
             raise InputError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.method in {"lora", "prefix"} and self.max_answer_tokens >= self.max_length:
