@@ -254,7 +254,8 @@ def multiway_first(examples: list[Example], seed: int) -> list[Example]:
     """The examples grouped by their English side, groups whose sentence is translated into two or more other
     languages first (each group whole, groups in seeded random order), then the rest. When one English
     sentence is asked for in French, German and Italian, nothing in its wording tells the outputs apart:
-    only the target language tag does."""
+    only the target language tag does. A `limit_train` cut may end inside a group, keeping some of its
+    directions: the count asked for is the count trained on."""
     groups: dict[str, list[Example]] = {}
     for ex in examples:
         f = ex.fields
