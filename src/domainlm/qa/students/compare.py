@@ -35,16 +35,7 @@ COLUMNS = (
     "run",
 )
 # What makes two runs the same setting, seeds apart; their rows merge into one (mean and standard deviation)
-SETTING = (
-    "student",
-    "method",
-    "augmentation",
-    "teacher",
-    "data",
-    "decoding",
-    "settings",
-    "trainable_parameters",
-)
+SETTING = (*COLUMNS[COLUMNS.index("student") : COLUMNS.index("accuracy")], "trainable_parameters")
 # Training settings: those that differ between the compared runs are named in each row (and keep rows apart).
 RECIPE = (
     "epochs", "lr", "batch_size", "grad_accum", "warmup_ratio", "weight_decay", "max_grad_norm", "lora_rank",
