@@ -54,6 +54,9 @@ VARIANTS = {
     # ~1): a step that moves every read-out alike moves every prediction far, so these steps are small
     "probe-headlr0-lr1e-5": dict(lr=1e-5, head_lr=0.0, head_init="probe"),
     "probe-headlr0-lr3e-6": dict(lr=3e-6, head_lr=0.0, head_init="probe"),
+    # the centre follows the mean read-out of 16 fixed training inputs: shifts of every read-out cancel
+    "probe-anchored-lr1e-3": dict(lr=1e-3, head_lr=0.0, head_init="probe", head_anchors=16),
+    "probe-anchored-lr1e-4": dict(lr=1e-4, head_lr=0.0, head_init="probe", head_anchors=16),
     "probe-mean-lr1e-3": dict(lr=1e-3, head_init="probe", readout="mean"),
     "probe-p20-lr1e-3": dict(lr=1e-3, head_init="probe", tag_length=20),
     "standardized-mlp256-lr1e-3": dict(lr=1e-3, head_init="standardized", head_hidden=256),
@@ -210,7 +213,7 @@ def markdown(report: dict) -> str:
             f"{s['lr']:g}",
             "lr" if s.get("head_lr") is None else f"{s['head_lr']:g}",
             f"{s['epochs']:g}",
-            s.get("head_init", "zero"),
+            s.get("head_init", "zero") + (f", {s['head_anchors']} anchors" if s.get("head_anchors") else ""),
             s.get("readout", "last"),
             head,
             str(s.get("tag_length", 10)),

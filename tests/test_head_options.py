@@ -239,3 +239,65 @@ def test_a_probe_start_checks_memory_once(tmp_path, monkeypatch):
     config = TrainConfig(epochs=1, batch_size=8, head_init="probe", reuse=False)
     train_tagged_task(spec, TaskData(exs[:12], exs[12:16], exs[16:]), tm, tmp_path / "run", config)
     assert calls == [1]  # before the read-out pass, not again in fit (a warning would be logged twice)
+
+
+def anchored_method(anchors: int = 6):
+    from domainlm.engine.tag_training import Split, TagMethod
+
+    tm = TaggedModel(*tiny_model("llama"))
+    tm.add_tag("SMILES", char_level=True)
+    tm.add_tag("Y", "function", head="regression")
+    exs = molecules(16)
+    inputs = [TEMPLATE.replace("{smiles}", ex.fields["smiles"]) for ex in exs]
+    split = Split(inputs, [ex.label for ex in exs])
+    config = TrainConfig(head_anchors=anchors, head_init="probe")
+    method = TagMethod(tm, config, split, function_tag="Y", domain_tags=["SMILES"])
+    initialize_head(tm, "Y", readout_features(tm, inputs, isolate=True), split.labels, "probe")
+    method.anchor_center()
+    return tm, method
+
+
+def test_anchored_centre_starts_as_the_stored_one_and_ignores_a_shift_of_every_read_out():
+    tm, method = anchored_method()
+    batch = list(range(8))
+    plain = loss_without_anchors(method, batch)
+    torch.testing.assert_close(method.loss(batch), plain)  # before any step: the same loss
+    # a tag step that moves every read-out alike moves the anchors' mean alike: no prediction moves
+    head = tm.heads["Y"]
+    features = method.head_features([method.split.inputs[i] for i in batch])
+    shift = torch.randn(features.shape[-1])
+    with torch.no_grad():
+        centre = method.moving_center()
+        moved = head(features + shift, center=centre + shift)  # anchors move by the same shift
+        torch.testing.assert_close(moved, head(features, center=centre))
+        assert not torch.allclose(head(features + shift), head(features))  # a fixed centre does not follow
+
+
+def loss_without_anchors(method, batch):
+    anchors, method.anchors = method.anchors, []
+    try:
+        return method.loss(batch)
+    finally:
+        method.anchors = anchors
+
+
+def test_a_run_with_anchors_saves_the_centre_its_predictions_used(tmp_path):
+    spec = TaskSpec("toy", TEMPLATE)
+    exs = molecules(40)
+    data = TaskData(exs[:24], exs[24:32], exs[32:])
+    tm = TaggedModel(*tiny_model("llama"))
+    config = TrainConfig(
+        epochs=2, lr=3e-2, head_lr=0.0, batch_size=8, grad_accum=1, head_init="probe", head_anchors=8
+    )
+    result = train_tagged_task(spec, data, tm, tmp_path / "run", config)
+    history = __import__("json").loads((tmp_path / "run" / "history.json").read_text())
+    kept = next(row for row in history if row["step"] == result["best_step"] and "val_mse" in row)
+    assert result["val_mse"] == pytest.approx(kept["val_mse"], rel=1e-5)  # the kept tags' centre
+    other = TaggedModel(*tiny_model("llama"))
+    other.load_tags(tmp_path / "run" / "tags")
+    inputs = [TEMPLATE.replace("{smiles}", ex.fields["smiles"]) for ex in data.test]
+    np.testing.assert_allclose(
+        predict(other, inputs, isolate=True).reshape(-1), result["predictions"]["test"].reshape(-1), rtol=1e-4
+    )
+    with pytest.raises(DomainLMError, match="head_anchors"):
+        TrainConfig(head_anchors=-1)

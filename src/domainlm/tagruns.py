@@ -261,9 +261,12 @@ def train_tagged_task(
                 decoding={"max_new_tokens": config.max_new_tokens, "num_beams": config.num_beams},
             )
 
+        method.anchor_center()
+
         def validate() -> dict:
             if generative:  # the validation targets' loss: generating at every validation is slow
                 return {"lm_loss": lm_loss(tm, splits["val"].inputs, config.eval_batch_size)}
+            method.sync_center()
             return score("val", "validating")[0]
 
         trained = fit(
@@ -277,6 +280,7 @@ def train_tagged_task(
             description=description,
             memory_checked=probe_start,
         )
+        method.sync_center()  # the kept (best) tags' centre
         history = trained.history
         results: dict[str, Any] = {
             "task": spec.name,

@@ -124,6 +124,10 @@ class TrainConfig:
     # The heads' own AdamW rate (None: lr). After a probe start the fitted head is the sensitive part: a lower
     # rate, or 0 (the head stays as fitted), lets the tags adapt to it without undoing the fit.
     head_lr: float | None = None
+    # > 0: the head's centre follows the mean read-out of this many fixed training inputs under the current
+    # tags (recomputed every step), so a tag step that shifts every read-out alike moves no prediction; the
+    # standardised read-outs differ between inputs by a few % of their size, which such shifts swamp
+    head_anchors: int = 0
     isolate: bool | None = None  # None: on for regression function tags, as in the reference code
     reuse: bool | None = None  # reuse span keys/values (None: whenever isolated spans are frozen)
     cache_budget_gb: float | None = None  # bound on stored span keys/values; None = no bound
@@ -167,6 +171,8 @@ class TrainConfig:
             self.span_store = str(self.span_store)  # a plain value in config.yaml
         if self.head_lr is not None and not self.head_lr >= 0:
             raise DomainLMError(f"head_lr must be >= 0 (or unset: lr), got {self.head_lr}")
+        if self.head_anchors < 0:
+            raise DomainLMError(f"head_anchors must be >= 0, got {self.head_anchors}")
         if self.head_init == "probe" and self.head_hidden:
             raise DomainLMError("head_init 'probe' fits a linear head; it cannot start an MLP (head_hidden)")
         self.loop()  # the loop's own checks

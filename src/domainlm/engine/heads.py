@@ -78,12 +78,13 @@ class Head(nn.Module):
         state.setdefault("scale", torch.ones_like(self.scale))
         return super().load_state_dict(state, strict=strict, assign=assign)
 
-    def standardize(self, hidden: torch.Tensor) -> torch.Tensor:
-        return (hidden.float() - self.center) / self.scale
+    def standardize(self, hidden: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
+        return (hidden.float() - (self.center if center is None else center)) / self.scale
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Raw output: standardised value [B] or class logits [B, C]."""
-        x = self.standardize(hidden)
+    def forward(self, hidden: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw output: standardised value [B] or class logits [B, C]. `center`: in place of the stored one
+        (a centre that moves with the tags while they train, `head_anchors`)."""
+        x = self.standardize(hidden, center)
         out = self.linear(self.mlp(x) if self.mlp is not None else x)
         return out.squeeze(-1) if self.spec.type == "regression" else out
 

@@ -10,6 +10,7 @@ Isolated attention and span key/value reuse are decided here too (`configure`), 
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import torch
@@ -116,6 +117,8 @@ class TagMethod(TrainableMethod):
             dtype = DTYPES[config.cache_dtype] if config.cache_dtype else None
             self.cache = SpanCache(tm, budget_bytes=budget, dtype=dtype, disk=config.span_store)
         self.generative = function_tag is not None and tm.specs[function_tag].generative
+        self.function_tag = function_tag
+        self.anchors: list = []  # inputs whose mean read-out moves the head's centre (`anchor_center`)
         self.n_examples = len(train)
         self.lengths = [len(tm.encoder.encode(x, i).ids) for i, x in enumerate(train.inputs)]
 
@@ -140,10 +143,45 @@ class TagMethod(TrainableMethod):
             return grouped_batches(keys, batch_size, seed)
         return length_bucketed_batches(self.lengths, batch_size, seed)
 
+    def anchor_center(self) -> None:
+        """With `head_anchors`, fix the anchor inputs (seeded) and where the centre starts: call once the head
+        is initialised and before training (a resumed run does the same before loading its checkpoint)."""
+        n = self.config.head_anchors
+        if not n or self.config.stage != "function" or self.generative:
+            return
+        picked = random.Random(self.config.seed).sample(range(len(self.split)), min(n, len(self.split)))
+        self.anchors = [self.split.inputs[i] for i in picked]
+        with torch.no_grad():
+            self.center_start = self.tm.heads[self.function_tag].center.clone()
+            self.anchor_start = self.anchor_mean()
+
+    def anchor_mean(self) -> torch.Tensor:
+        return self.head_features(self.anchors).float().mean(dim=0)
+
+    def moving_center(self) -> torch.Tensor:
+        """The head's centre under the current tags: the start's, moved as far as the anchors' mean moved."""
+        return self.center_start + self.anchor_mean() - self.anchor_start
+
+    @torch.no_grad()
+    def sync_center(self) -> None:
+        """Store the moving centre in the head, so evaluation and a saved library predict as training did."""
+        if self.anchors:
+            self.tm.heads[self.function_tag].center.copy_(self.moving_center())
+
+    def head_features(self, inputs: list) -> torch.Tensor:
+        if self.reuse:
+            return reused_forward(self.tm, self.cache, inputs).features
+        encoded = self.tm.encode(inputs, isolate=self.isolate, padding_side=self.config.padding_side)
+        return self.tm(**to_device(encoded, self.tm.device)).features
+
     def loss(self, batch: list[int]) -> torch.Tensor:
         c, split = self.config, self.split
         inputs = [split.inputs[i] for i in batch]
         labels = [split.labels[i] for i in batch] if split.labels is not None else None
+        if self.anchors:
+            head = self.tm.heads[self.function_tag]
+            raw = head(self.head_features(inputs), center=self.moving_center())
+            return head.loss(raw, self.tm.label_tensor(self.function_tag, labels).to(raw.device))
         if self.reuse:
             return reused_forward(self.tm, self.cache, inputs, labels).loss
         encoded = self.tm.encode(
