@@ -46,6 +46,7 @@ TRAIN_DEFAULTS = {
     "head_init": "zero",
     "readout": "last",
     "head_hidden": 0,
+    "head_anchors": 0,
     "mixed_precision": "auto",
 }
 
@@ -154,6 +155,16 @@ def train(
         Opt(
             help="the heads' learning rate (default: --lr); with --head-init probe, a lower one or 0 (the "
             "fitted head stays) lets the tags adapt to the fitted head"
+        ),
+    ] = None,
+    head_anchors: Annotated[
+        int,
+        Opt(
+            help=shown(
+                "N > 0: the head's centre follows the mean read-out of N fixed training inputs while the tags "
+                "train, so a step that shifts every read-out alike moves no prediction",
+                "head_anchors",
+            )
         ),
     ] = None,
     isolate: IsolateOpt = None,
