@@ -161,8 +161,8 @@ def train(
         int,
         Opt(
             help=shown(
-                "N > 0: the head's centre follows the mean read-out of N fixed training inputs while the tags "
-                "train, so a step that shifts every read-out alike moves no prediction",
+                "N > 0: the head's centre follows the mean read-out of N fixed training inputs while the "
+                "tags train, so a step that shifts every read-out alike moves no prediction",
                 "head_anchors",
             )
         ),
