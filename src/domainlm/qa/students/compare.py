@@ -42,6 +42,8 @@ RECIPE = (
     "lora_alpha", "lora_dropout", "target_modules", "num_virtual_tokens", "tag_length", "max_length",
     "keep_context", "max_answer_tokens", "long_answer", "class_weight", "limit",
 )  # fmt: skip
+# a setting an older run does not record was at its default
+RECIPE_DEFAULTS = {f.name: f.default for f in fields(StudentConfig) if f.name in RECIPE}
 SPREAD = ("accuracy", "macro_f1", "dev_accuracy")
 
 
@@ -89,10 +91,6 @@ def run_row(path: Path) -> dict | None:
         "_majority": report.get("majority", {}).get("test"),
         "_recipe": {key: config.get(key, RECIPE_DEFAULTS[key]) for key in RECIPE},
     }
-
-
-# what a setting an older run does not record was
-RECIPE_DEFAULTS = {f.name: f.default for f in fields(StudentConfig) if f.name in RECIPE}
 
 
 def name_settings(rows: list[dict]) -> None:
