@@ -57,6 +57,7 @@ VARIANTS = {
     # the centre follows the mean read-out of 16 fixed training inputs: shifts of every read-out cancel
     "probe-anchored-lr1e-3": dict(lr=1e-3, head_lr=0.0, head_init="probe", head_anchors=16),
     "probe-anchored-lr1e-4": dict(lr=1e-4, head_lr=0.0, head_init="probe", head_anchors=16),
+    "probe-fixedhead-lr1e-3": dict(lr=1e-3, head_lr=0.0, head_init="probe"),  # the anchors' control
     "probe-mean-lr1e-3": dict(lr=1e-3, head_init="probe", readout="mean"),
     "probe-p20-lr1e-3": dict(lr=1e-3, head_init="probe", tag_length=20),
     "standardized-mlp256-lr1e-3": dict(lr=1e-3, head_init="standardized", head_hidden=256),
