@@ -114,11 +114,14 @@ def test_probe_needs_a_linear_head():
         TrainConfig(head_init="ridge")
 
 
+def toy_task(n_train: int, n_val: int, n_test: int) -> tuple[TaskSpec, TaskData, TaggedModel]:
+    exs = molecules(n_train + n_val + n_test)
+    data = TaskData(exs[:n_train], exs[n_train : n_train + n_val], exs[n_train + n_val :])
+    return TaskSpec("toy", TEMPLATE), data, TaggedModel(*tiny_model("llama"))
+
+
 def test_run_with_probe_start_keeps_the_start_when_training_only_hurts(tmp_path):
-    spec = TaskSpec("toy", TEMPLATE)
-    exs = molecules(60)
-    data = TaskData(exs[:40], exs[40:50], exs[50:])
-    tm = TaggedModel(*tiny_model("llama"))
+    spec, data, tm = toy_task(40, 10, 10)
     # a learning rate this large wrecks the tags: selection must fall back to the probe-fitted start (step 0)
     config = TrainConfig(
         epochs=1, lr=5.0, batch_size=8, grad_accum=1, head_init="probe", evals_per_epoch=1, warmup_ratio=0
@@ -282,10 +285,7 @@ def loss_without_anchors(method, batch):
 
 
 def test_a_run_with_anchors_saves_the_centre_its_predictions_used(tmp_path):
-    spec = TaskSpec("toy", TEMPLATE)
-    exs = molecules(40)
-    data = TaskData(exs[:24], exs[24:32], exs[32:])
-    tm = TaggedModel(*tiny_model("llama"))
+    spec, data, tm = toy_task(24, 8, 8)
     config = TrainConfig(
         epochs=2, lr=3e-2, head_lr=0.0, batch_size=8, grad_accum=1, head_init="probe", head_anchors=8
     )
