@@ -30,6 +30,7 @@ import yaml
 
 from domainlm import io
 from domainlm.qa.data import load_qa_dir
+from domainlm.qa.students.config import CLASS_WEIGHTS
 from domainlm.qa.students.prompt_fit import KEEP
 from serve_throughput import server_process
 
@@ -161,7 +162,7 @@ STUDENT_DEFAULTS = {
     "batch_size": ("b", 8),
     "grad_accum": ("acc", 2),
     "keep_context": ("keep", KEEP[0]),
-    "class_weight": ("cw", "none"),  # classifier students only
+    "class_weight": ("cw", CLASS_WEIGHTS[0]),  # classifier students only
 }
 
 
@@ -266,8 +267,8 @@ def main() -> None:
     ap.add_argument("--keep-context", choices=KEEP, default=KEEP[0], help="context part kept")
     ap.add_argument(
         "--class-weight",
-        choices=("none", "balanced"),
-        default="none",
+        choices=CLASS_WEIGHTS,
+        default=CLASS_WEIGHTS[0],
         help="classifier students: weigh each answer by its rarity in the loss",
     )
     ap.add_argument("--batch-size", type=int, default=8)

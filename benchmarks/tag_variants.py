@@ -51,9 +51,8 @@ VARIANTS = {
     "probe-headlr0-lr1e-3": dict(lr=1e-3, head_lr=0.0, head_init="probe", epochs=2),
     "probe-lr1e-5": dict(lr=1e-5, head_init="probe", epochs=2),
     # the probe's head divides each read-out dimension by its spread over the examples (~0.08, against values
-    # ~1): a step that moves every read-out alike moves every prediction far, so these steps are small
+    # ~1): a step that moves every read-out alike moves every prediction far, so this step is small
     "probe-headlr0-lr1e-5": dict(lr=1e-5, head_lr=0.0, head_init="probe"),
-    "probe-headlr0-lr3e-6": dict(lr=3e-6, head_lr=0.0, head_init="probe"),
     # the centre follows the mean read-out of 16 fixed training inputs: shifts of every read-out cancel
     "probe-anchored-lr1e-3": dict(lr=1e-3, head_lr=0.0, head_init="probe", head_anchors=16),
     "probe-anchored-lr1e-4": dict(lr=1e-4, head_lr=0.0, head_init="probe", head_anchors=16),

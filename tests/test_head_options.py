@@ -301,3 +301,16 @@ def test_a_run_with_anchors_saves_the_centre_its_predictions_used(tmp_path):
     )
     with pytest.raises(DomainLMError, match="head_anchors"):
         TrainConfig(head_anchors=-1)
+    with pytest.raises(DomainLMError, match="drop --enrich or the anchors"):
+        TrainConfig(head_anchors=8, enrich=True)
+
+
+def test_anchors_are_refused_for_a_tag_that_writes_text():
+    from domainlm.engine.tag_training import Split, TagMethod
+
+    tm = TaggedModel(*tiny_model("llama"))
+    tm.add_tag("Translate", "function")
+    method = TagMethod(tm, TrainConfig(head_anchors=4), Split(["a <Translate> b"]), function_tag="Translate",
+                       domain_tags=[])  # fmt: skip
+    with pytest.raises(DomainLMError, match="<Translate> writes text and has none"):
+        method.anchor_center()

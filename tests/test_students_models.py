@@ -243,6 +243,8 @@ def test_balanced_class_weights_weigh_each_answer_by_its_rarity(models, method, 
     assert student.loss(batch).item() == pytest.approx(expected.item(), rel=1e-5)
     with pytest.raises(InputError, match="no training item is labelled maybe"):
         student.weigh_classes(["yes", "no"])
+    unweighted = get_method(method).build(student_config(models[family], method))
+    assert unweighted.weigh_classes(labels) is None and unweighted.class_weights is None
 
 
 def test_class_weights_are_checked_and_only_for_classifier_students(models):

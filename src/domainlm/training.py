@@ -173,6 +173,8 @@ class TrainConfig:
             raise DomainLMError(f"head_lr must be >= 0 (or unset: lr), got {self.head_lr}")
         if self.head_anchors < 0:
             raise DomainLMError(f"head_anchors must be >= 0, got {self.head_anchors}")
+        if self.head_anchors and self.enrich:  # the anchored loss is the head's alone
+            raise DomainLMError("head_anchors trains on the head's loss alone; drop --enrich or the anchors")
         if self.head_init == "probe" and self.head_hidden:
             raise DomainLMError("head_init 'probe' fits a linear head; it cannot start an MLP (head_hidden)")
         self.loop()  # the loop's own checks

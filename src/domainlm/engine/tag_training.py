@@ -147,8 +147,10 @@ class TagMethod(TrainableMethod):
         """With `head_anchors`, fix the anchor inputs (seeded) and where the centre starts: call once the head
         is initialised and before training (a resumed run does the same before loading its checkpoint)."""
         n = self.config.head_anchors
-        if not n or self.config.stage != "function" or self.generative:
+        if not n or self.config.stage != "function":
             return
+        if self.generative:
+            raise DomainLMError(f"head_anchors centre a head; <{self.function_tag}> writes text and has none")
         picked = random.Random(self.config.seed).sample(range(len(self.split)), min(n, len(self.split)))
         self.anchors = [self.split.inputs[i] for i in picked]
         with torch.no_grad():

@@ -27,8 +27,11 @@ class ClassifierStudent(Student):
     reserved_tokens = 0  # input positions the method adds itself (e.g. tag vectors)
     class_weights: torch.Tensor | None = None  # per answer, in LABELS order; set by `weigh_classes`
 
-    def weigh_classes(self, labels: list[str]) -> dict[str, float]:
-        """Balanced weights from the training labels, n / (3 x count) per answer, used by `loss` hereafter."""
+    def weigh_classes(self, labels: list[str]) -> dict[str, float] | None:
+        """With `class_weight balanced`, n / (3 x count) per answer from the training labels, used by `loss`
+        hereafter (a resumed run recomputes the same from the same items)."""
+        if self.config.class_weight == "none":
+            return None
         counts = Counter(labels)
         missing = [label for label in LABELS if not counts[label]]
         if missing:

@@ -92,7 +92,7 @@ def finetune(
             for split, items in data.as_dict().items()
         }
         truncated = {split: sum(e.truncated for e in rows) for split, rows in encoded.items()}
-        weights = weigh_classes(student, config, data.train)
+        weights = student.weigh_classes([item.label for item in data.train])  # None: unweighted
         counts = student.parameter_counts()
         run.write_config(
             {
@@ -144,14 +144,6 @@ def finetune(
         run.log(_summary(report))
         run.complete()
     return report
-
-
-def weigh_classes(student, config: StudentConfig, train) -> dict[str, float] | None:
-    """The answer weights of a `class_weight balanced` run (from its training items), set on the student;
-    a resumed run recomputes the same ones from the same items."""
-    if config.class_weight == "none":
-        return None
-    return student.weigh_classes([item.label for item in train])
 
 
 def evaluate(student, data: QASplits, decoding: Decoding | None, splits=EVAL_SPLITS) -> tuple[dict, dict]:

@@ -85,6 +85,10 @@ class Student:
     def loss(self, batch: dict):
         return self.forward(batch).loss
 
+    def weigh_classes(self, labels: list[str]) -> dict[str, float] | None:
+        """Per-answer loss weights from the training labels (`class_weight`), or None: unweighted."""
+        return None
+
     def predict(self, items, decoding=None) -> list[Prediction]:
         raise NotImplementedError
 
